@@ -1,0 +1,1 @@
+"""thinklens.interventions."""

@@ -1,0 +1,36 @@
+"""thinklens: mechanistic interpretability of safety in reasoning language models."""
+
+from thinklens.capture import Captures, CaptureStore, capture
+from thinklens.edits import (
+    ActivationAddition,
+    DirectionProjection,
+    HeadAblation,
+    head_means,
+    intervene,
+)
+from thinklens.families import FAMILIES, Family
+from thinklens.generation import generate
+from thinklens.loading import load_model
+from thinklens.model import Model
+from thinklens.sites import SITE_KINDS, Site
+from thinklens.traces import ThinkingFormat
+
+__all__ = [
+    "FAMILIES",
+    "SITE_KINDS",
+    "ActivationAddition",
+    "CaptureStore",
+    "Captures",
+    "DirectionProjection",
+    "Family",
+    "HeadAblation",
+    "Model",
+    "Site",
+    "ThinkingFormat",
+    "capture",
+    "generate",
+    "head_means",
+    "intervene",
+    "load_model",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,25 @@
+"""Backends that run a Model's forward passes: TransformerLens 4 and nnsight."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from thinklens.backends.base import Backend, StopForward
+
+if TYPE_CHECKING:
+    from thinklens.model import Model
+
+__all__ = ["Backend", "StopForward", "make_backend"]
+
+
+def make_backend(name: str, model: Model) -> Backend:
+    """The backend called ``name`` for ``model``."""
+    if name == "transformer_lens":
+        from thinklens.backends.transformer_lens import TransformerLensBackend
+
+        return TransformerLensBackend(model)
+    if name == "nnsight":
+        from thinklens.backends.nnsight import NNsightBackend
+
+        return NNsightBackend(model)
+    raise ValueError(f"unknown backend {name!r}; choose 'transformer_lens' or 'nnsight'")

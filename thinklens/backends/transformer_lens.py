@@ -1,0 +1,88 @@
+"""TransformerLens 4 backend: TransformerBridge hook points on a weight-sharing clone."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from thinklens.backends.base import Reader, StopForward, eager_attention, forward_order
+from thinklens.sites import Site
+
+if TYPE_CHECKING:
+    from thinklens.model import Model
+
+
+def weight_sharing_clone(module: nn.Module) -> nn.Module:
+    """A copy of the module tree whose parameters and buffers are the original tensors."""
+    memo = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return copy.deepcopy(module, memo)
+
+
+class TransformerLensBackend:
+    """Reads sites through TransformerBridge's hook points (``blocks.3.hook_resid_post``).
+
+    Booting a bridge replaces submodules of the HF model in place, and generating through the
+    bridged module is unreliable (ENVIRONMENT.md), so the bridge wraps a clone that shares every
+    weight: no memory is copied and the original module stays a plain HF model for generation.
+    """
+
+    name = "transformer_lens"
+
+    def __init__(self, model: Model) -> None:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        self.model = model
+        hf = model.hf
+        if not getattr(hf.config, "architectures", None):
+            hf.config.architectures = [type(hf).__name__]
+        self.bridge = TransformerBridge.boot_transformers(
+            model.name,
+            hf_model=weight_sharing_clone(hf),
+            tokenizer=model.tokenizer,
+            device=model.device,
+            dtype=model.dtype,
+        )
+
+    def extra_trees(self) -> list[nn.Module]:
+        return [self.bridge.original_model]
+
+    def run(
+        self,
+        ids: Int[Tensor, "batch pos"],
+        mask: Int[Tensor, "batch pos"],
+        sites: list[Site],
+        read: Reader,
+        stop_early: bool = True,
+    ) -> None:
+        ordered = forward_order(sites)
+        last = ordered[-1]
+
+        def hook_for(site: Site):
+            def hook(x: Tensor, hook: object) -> Tensor:
+                read(site, x)
+                if stop_early and site == last:
+                    raise StopForward
+                return x
+
+            return hook
+
+        by_name: dict[str, list[Site]] = {}
+        for s in ordered:
+            by_name.setdefault(s.tl_name, []).append(s)
+        hooks = [(s.tl_name, hook_for(s)) for s in ordered]
+        with eager_attention(self.model, any(s.kind == "pattern" for s in sites)):
+            with self.bridge.hooks(fwd_hooks=hooks):
+                try:
+                    self.bridge(ids, attention_mask=mask, return_type=None)
+                except StopForward:
+                    pass
+
+    @torch.no_grad()
+    def logits(
+        self, ids: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
+    ) -> Float[Tensor, "batch pos vocab"]:
+        return self.bridge(ids, attention_mask=mask)

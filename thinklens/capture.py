@@ -1,0 +1,268 @@
+"""Capture: run texts, get only the asked-for sites and positions back.
+
+Positions are cut inside the hook, before anything is stored, so memory grows with what was
+asked for, not with the number of layers or the sequence length; the forward pass stops after
+the deepest site asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Bool, Int
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from thinklens.model import Model
+from thinklens.sites import POS_DIM, Positions, Site, SiteLike, position_index
+
+
+@dataclass
+class Captures:
+    """Captured tensors keyed by site, in the order of the input texts.
+
+    For ``positions="last"`` each tensor has no position axis; otherwise the position axis holds
+    the kept positions, padded on the right, and ``mask`` says which are real.
+    """
+
+    tensors: dict[Site, Tensor]
+    mask: Bool[Tensor, "batch sel"]
+    lengths: Int[Tensor, " batch"]
+    positions: Positions
+
+    def __getitem__(self, key: SiteLike) -> Tensor:
+        site = Site.parse(key)
+        for s, t in self.tensors.items():
+            if s == site or (str(s) == str(site)):
+                return t
+        raise KeyError(f"{site} was not captured; captured: {', '.join(map(str, self.tensors))}")
+
+    def __iter__(self) -> Iterator[Site]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
+def _pad_to(x: Tensor, dim: int, size: int) -> Tensor:
+    if x.shape[dim] == size:
+        return x
+    shape = list(x.shape)
+    shape[dim] = size - x.shape[dim]
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+def _cat(chunks: list[Tensor], site: Site | None, squeeze: bool) -> Tensor:
+    """Concatenate batch chunks, padding the position (and pattern key) axes to the widest."""
+    if squeeze:
+        return torch.cat(chunks)
+    dims = [POS_DIM[site.kind] if site else 1]
+    if site is not None and site.kind == "pattern":
+        dims.append(3)
+    for d in dims:
+        width = max(c.shape[d] for c in chunks)
+        chunks = [_pad_to(c, d, width) for c in chunks]
+    return torch.cat(chunks)
+
+
+def _select(
+    site: Site, x: Tensor, idx: Tensor, keep: Tensor, squeeze: bool, out_dtype: torch.dtype | None
+) -> Tensor:
+    """Keep the chosen positions (and heads) of a canonical tensor, detached, on the CPU.
+
+    Positions past a text's end hold zeros.
+    """
+    d = POS_DIM[site.kind]
+    shape = list(x.shape)
+    shape[d] = idx.shape[1]
+    view = [idx.shape[0]] + [1] * (x.dim() - 1)
+    view[d] = idx.shape[1]
+    gathered = x.gather(d, idx.to(x.device).view(view).expand(shape))
+    gathered = gathered * keep.to(x.device, x.dtype).view(view)
+    if site.heads is not None:
+        gathered = (
+            gathered[:, :, list(site.heads)] if site.kind == "z" else gathered[:, list(site.heads)]
+        )
+    if squeeze:
+        gathered = gathered.squeeze(d)
+    return gathered.detach().to("cpu", out_dtype or x.dtype)
+
+
+def _request_hash(
+    model: Model, texts: Sequence[str], sites: list[Site], positions: object, batch_size: int
+) -> str:
+    h = hashlib.sha256(
+        json.dumps(
+            [
+                model.name,
+                model.fingerprint(),
+                list(texts),
+                [str(s) for s in sites],
+                repr(positions),
+                batch_size,
+            ]
+        ).encode()
+    )
+    return h.hexdigest()[:16]
+
+
+def capture(
+    model: Model,
+    texts: Sequence[str],
+    sites: Sequence[SiteLike],
+    positions: Positions = "all",
+    batch_size: int = 8,
+    stream_to: str | Path | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> Captures | CaptureStore:
+    """Capture sites of ``model`` on ``texts``.
+
+    Args:
+        texts: full texts (apply the chat template first, e.g. with ``model.chat`` or traces).
+        sites: e.g. ``["resid_post.12", "z.3", Site("pattern", 5, heads=(2,))]``.
+        positions: ``"all"``, ``"last"``, an int k (last k tokens), or one (start, end) token
+            span per text.
+        batch_size: texts per forward pass (sorted by length to waste little on padding).
+        stream_to: a folder; each batch is written there as a safetensors shard and a
+            CaptureStore is returned. A run killed midway resumes where it stopped.
+        dtype: store captures in this dtype (default: the model's).
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("no texts given: capture needs a non-empty list of texts")
+    if not sites:
+        raise ValueError("no sites given: ask for at least one site, e.g. 'resid_post.0'")
+    if not isinstance(positions, (str, int)) and len(positions) != len(texts):
+        raise ValueError(f"got {len(positions)} spans for {len(texts)} texts: give one per text")
+    resolved = [Site.parse(s).resolved(model) for s in sites]
+    squeeze = positions == "last"
+    lengths = torch.tensor(
+        [len(x) for x in model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    )
+    order = torch.argsort(-lengths, stable=True).tolist()  # long first: OOM shows up at once
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    store = None
+    if stream_to is not None:
+        store = CaptureStore.create(
+            Path(stream_to),
+            _request_hash(model, texts, resolved, positions, batch_size),
+            resolved,
+            positions,
+            len(texts),
+        )
+    chunks: dict[Site, list[Tensor]] = {s: [] for s in resolved}
+    masks, done_order = [], []
+    bar = tqdm(batches, desc="capture", unit="batch", disable=not progress)
+    for b, batch in enumerate(bar):
+        if store is not None and store.has(b):
+            continue
+        ids, mask = model.tokenize([texts[i] for i in batch])
+        spans = positions if isinstance(positions, (str, int)) else [positions[i] for i in batch]
+        idx, keep = position_index(mask.sum(-1).cpu(), spans)
+        got: dict[Site, Tensor] = {}
+
+        def read(site: Site, x: Tensor, idx: Tensor = idx, keep: Tensor = keep, got=got) -> None:
+            got[site] = _select(site, x, idx, keep, squeeze, dtype)
+
+        with torch.no_grad():
+            model.backend.run(ids, mask, resolved, read)
+        missing = [s for s in resolved if s not in got]
+        if missing:
+            raise RuntimeError(f"the {model.backend.name} backend did not produce {missing[0]}")
+        if store is not None:
+            store.write(b, got, keep, batch)
+            continue
+        for s in resolved:
+            chunks[s].append(got[s])
+        masks.append(keep)
+        done_order.extend(batch)
+    if store is not None:
+        store.finish()
+        return store
+    inverse = torch.argsort(torch.tensor(done_order))
+    tensors = {s: _cat(chunks[s], s, squeeze)[inverse] for s in resolved}
+    return Captures(tensors, _cat(masks, None, False)[inverse], lengths, positions)
+
+
+class CaptureStore:
+    """Captures streamed to a folder of safetensors shards, one per batch, plus a manifest."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        manifest = self.path / "manifest.json"
+        if not manifest.exists():
+            raise FileNotFoundError(f"no capture manifest in {self.path}: run capture first")
+        self.manifest = json.loads(manifest.read_text())
+
+    @classmethod
+    def create(cls, path: Path, key: str, sites: list[Site], positions: object, n: int):
+        """Open (or resume) a store for one capture request."""
+        path.mkdir(parents=True, exist_ok=True)
+        manifest = path / "manifest.json"
+        meta = {
+            "request": key,
+            "sites": [str(s) for s in sites],
+            "positions": repr(positions),
+            "n_texts": n,
+            "complete": False,
+        }
+        if manifest.exists():
+            old = json.loads(manifest.read_text())
+            if old.get("request") != key:
+                raise FileExistsError(
+                    f"{path} holds captures of another request; choose a new folder or delete it"
+                )
+            meta = old
+        _atomic_json(manifest, meta)
+        return cls(path)
+
+    def _shard(self, b: int) -> Path:
+        return self.path / f"shard-{b:05d}.safetensors"
+
+    def has(self, b: int) -> bool:
+        return self._shard(b).exists()
+
+    def write(self, b: int, got: dict[Site, Tensor], mask: Tensor, batch: list[int]) -> None:
+        """Write one batch's shard atomically."""
+        data = {str(s): t.contiguous() for s, t in got.items()}
+        data["__mask__"] = mask.contiguous()
+        data["__index__"] = torch.tensor(batch)
+        tmp = self._shard(b).with_suffix(".tmp")
+        save_file(data, str(tmp))
+        os.replace(tmp, self._shard(b))
+
+    def finish(self) -> None:
+        self.manifest["complete"] = True
+        self.manifest["shards"] = sorted(p.name for p in self.path.glob("shard-*.safetensors"))
+        _atomic_json(self.path / "manifest.json", self.manifest)
+
+    def shards(self) -> Iterator[dict[str, Tensor]]:
+        """Each shard's tensors (``__index__`` holds the texts' indices), one at a time."""
+        for name in self.manifest.get("shards", []):
+            yield load_file(str(self.path / name))
+
+    def load(self) -> Captures:
+        """All shards in memory, in the order of the input texts."""
+        shards = list(self.shards())
+        if not shards:
+            raise ValueError(f"{self.path} has no shards: the capture did not finish")
+        sites = [Site.parse(s) for s in self.manifest["sites"]]
+        squeeze = self.manifest["positions"] == repr("last")
+        inverse = torch.argsort(torch.cat([s["__index__"] for s in shards]))
+        tensors = {s: _cat([sh[str(s)] for sh in shards], s, squeeze)[inverse] for s in sites}
+        mask = _cat([sh["__mask__"] for sh in shards], None, False)[inverse]
+        return Captures(tensors, mask, mask.sum(-1), self.manifest["positions"])
+
+
+def _atomic_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)

@@ -1,0 +1,167 @@
+"""The Model: one object holding the HF module, tokenizer, family row and backend."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from thinklens.families import Family
+from thinklens.traces import ThinkingFormat
+
+if TYPE_CHECKING:
+    from thinklens.backends.base import Backend
+
+BackendName = Literal["transformer_lens", "nnsight"]
+
+
+def get_path(root: nn.Module, path: str) -> nn.Module:
+    """The submodule at a dotted path (``model.layers.3.self_attn``)."""
+    module = root
+    for part in path.split("."):
+        module = module[int(part)] if part.isdigit() else getattr(module, part)
+    return module
+
+
+@dataclass
+class Model:
+    """A causal LM ready for captures, interventions and generation through one backend."""
+
+    hf: nn.Module
+    tokenizer: object
+    family: Family
+    name: str
+    backend_name: BackendName = "transformer_lens"
+    thinking: ThinkingFormat = field(default_factory=ThinkingFormat)
+    backend: Backend = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from thinklens.backends import make_backend
+
+        self.hf.eval()
+        if getattr(self.tokenizer, "pad_token_id", None) is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.backend = make_backend(self.backend_name, self)
+
+    # --- shape facts -------------------------------------------------------------------------
+    @property
+    def config(self) -> object:
+        cfg = self.hf.config
+        return getattr(cfg, "text_config", None) or cfg
+
+    def _cfg(self, attr: str) -> int:
+        return int(getattr(self.config, attr))
+
+    @property
+    def n_layers(self) -> int:
+        return self._cfg(self.family.n_layers_attr)
+
+    @property
+    def n_heads(self) -> int:
+        return self._cfg(self.family.n_heads_attr)
+
+    @property
+    def n_kv_heads(self) -> int:
+        return int(getattr(self.config, self.family.n_kv_heads_attr, None) or self.n_heads)
+
+    @property
+    def d_model(self) -> int:
+        return self._cfg(self.family.d_model_attr)
+
+    @property
+    def d_head(self) -> int:
+        return int(getattr(self.config, "head_dim", None) or self.d_model // self.n_heads)
+
+    @property
+    def n_ctx(self) -> int:
+        cfg = self.config
+        return int(getattr(cfg, "max_position_embeddings", None) or cfg.n_positions)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights that write the residual stream (to match artifacts)."""
+        h = hashlib.sha256()
+        h.update(f"{self.family.name}:{self.n_layers}:{self.d_model}".encode())
+        for path in (self.family.embed, f"{self.family.layers}.{self.n_layers - 1}"):
+            for p in list(get_path(self.hf, path).parameters())[:2]:
+                h.update(p.detach().float().flatten()[:4096].cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    # --- module trees -------------------------------------------------------------------------
+    def layer_modules(self, root: nn.Module | None = None) -> nn.ModuleList:
+        """The decoder layers of a module tree (the HF one by default)."""
+        return get_path(root if root is not None else self.hf, self.family.layers)
+
+    def trees(self) -> list[nn.Module]:
+        """Every module tree a forward pass may run through (edits hook all of them)."""
+        return [self.hf, *self.backend.extra_trees()]
+
+    def check_layer(self, layer: int) -> int:
+        """A layer index, negative ones counted from the end, or a clear error."""
+        idx = layer + self.n_layers if layer < 0 else layer
+        if not 0 <= idx < self.n_layers:
+            raise IndexError(
+                f"layer {layer} is out of range: {self.name} has {self.n_layers} layers "
+                f"(use 0..{self.n_layers - 1}, or negative indices from the end)"
+            )
+        return idx
+
+    # --- tokens -------------------------------------------------------------------------------
+    def tokenize(
+        self, texts: list[str], padding_side: Literal["left", "right"] = "right"
+    ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+        """Token ids and attention mask, padded; special tokens are taken from the text."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            raise ValueError("no texts given: pass a non-empty list of strings")
+        tok = self.tokenizer
+        old = tok.padding_side
+        tok.padding_side = padding_side
+        try:
+            enc = tok(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            tok.padding_side = old
+        lengths = enc["attention_mask"].sum(-1)
+        if int(lengths.min()) == 0:
+            raise ValueError("an empty text was given: every text needs at least one token")
+        if int(lengths.max()) > self.n_ctx:
+            raise ValueError(
+                f"a text has {int(lengths.max())} tokens, over {self.name}'s context length "
+                f"{self.n_ctx}: shorten it or split it"
+            )
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    def chat(self, prompt: str, system: str | None = None) -> str:
+        """The model's chat template applied to one user prompt, with the generation prompt."""
+        msgs = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            return (f"{system}\n\n" if system else "") + f"User: {prompt}\nAssistant:"
+        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+    # --- forward ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, texts: list[str], batch_size: int = 8) -> Float[Tensor, "batch vocab"]:
+        """Next-token logits at the last position of each text, through the backend."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            ids, mask = self.tokenize(texts[i : i + batch_size])
+            logits = self.backend.logits(ids, mask)
+            last = mask.sum(-1) - 1
+            out.append(logits[torch.arange(len(ids), device=logits.device), last].float().cpu())
+        if not out:
+            raise ValueError("no texts given: pass a non-empty list of strings")
+        return torch.cat(out)
