@@ -130,6 +130,7 @@ def test_stream_to_disk_and_resume(tiny, tmp_path):
     assert isinstance(store, tl.CaptureStore)
     assert len(list((tmp_path / "caps").glob("shard-*.safetensors"))) == 3
     loaded = store.load()
+    assert loaded.lengths.tolist() == mem.lengths.tolist()
     for s in ["resid_post.1", "z.0"]:
         torch.testing.assert_close(loaded[s], mem[s])
     # Simulate a killed run: drop one shard, mark incomplete; the rerun computes only that one.

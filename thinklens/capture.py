@@ -178,7 +178,7 @@ def capture(
         if missing:
             raise RuntimeError(f"the {model.backend.name} backend did not produce {missing[0]}")
         if store is not None:
-            store.write(b, got, keep, batch)
+            store.write(b, got, keep, batch, lengths[batch])
             continue
         for s in resolved:
             chunks[s].append(got[s])
@@ -230,10 +230,13 @@ class CaptureStore:
     def has(self, b: int) -> bool:
         return self._shard(b).exists()
 
-    def write(self, b: int, got: dict[Site, Tensor], mask: Tensor, batch: list[int]) -> None:
+    def write(
+        self, b: int, got: dict[Site, Tensor], mask: Tensor, batch: list[int], lengths: Tensor
+    ) -> None:
         """Write one batch's shard atomically."""
         data = {str(s): t.contiguous() for s, t in got.items()}
         data["__mask__"] = mask.contiguous()
+        data["__lengths__"] = lengths.contiguous()
         data["__index__"] = torch.tensor(batch)
         tmp = self._shard(b).with_suffix(".tmp")
         save_file(data, str(tmp))
@@ -259,7 +262,8 @@ class CaptureStore:
         inverse = torch.argsort(torch.cat([s["__index__"] for s in shards]))
         tensors = {s: _cat([sh[str(s)] for sh in shards], s, squeeze)[inverse] for s in sites}
         mask = _cat([sh["__mask__"] for sh in shards], None, False)[inverse]
-        return Captures(tensors, mask, mask.sum(-1), self.manifest["positions"])
+        lengths = torch.cat([sh["__lengths__"] for sh in shards])[inverse]
+        return Captures(tensors, mask, lengths, self.manifest["positions"])
 
 
 def _atomic_json(path: Path, obj: dict) -> None:

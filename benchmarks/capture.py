@@ -1,0 +1,328 @@
+"""Benchmark ``thinklens.capture`` against a plain Hugging Face forward pass on SmolLM2-135M.
+
+Goal: capture costs at most 1.10x the wall time of the plain forward it replaces, and its memory
+grows with the sites asked for, not with the number of layers.
+
+Each configuration runs in a fresh subprocess (this script re-invoked with the hidden ``--only``
+flag), so its peak memory is not hidden by an earlier one. Rounds (``--repeats``) run every
+configuration in turn, so load from other processes falls on all of them alike; the fastest
+round is reported. Run: ``python benchmarks/capture.py`` (several minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL = "smollm2-135m-instruct"
+RESULT_TAG = "BENCH-RESULT "
+PASSAGE = (
+    "The river ran low that autumn, and the ferryman counted the stones that rose above the "
+    "water each morning. Traders from the hill towns brought salt, wool and copper bowls, and "
+    "they argued about the price of grain while the children chased geese along the muddy "
+    "bank. In the evenings the old teacher read aloud from a book of maps, naming harbours no "
+    "one in the village had seen, and the smith listened with his arms folded, asking how many "
+    "days a cart would need to reach the sea. Nobody knew, so they guessed, and every guess "
+    "became a story told again at the next market."
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One measured configuration: a backend (or the plain forward), sites and positions."""
+
+    name: str
+    backend: str  # "hf" for the plain forward baseline
+    layers: tuple[int, ...] = ()
+    positions: str = "all"
+    note: str = ""
+
+
+def configs(layer: int, n_layers: int = 30) -> list[Config]:
+    """Every configuration of one benchmark run, baseline first."""
+    last = n_layers - 1
+    four = tuple(last - 7 * k for k in (3, 2, 1, 0))
+    out = [Config("baseline", "hf", (layer,), note=f"HF forward, keep hidden_states[{layer + 1}]")]
+    for backend, short in (("transformer_lens", "tl"), ("nnsight", "nns")):
+        out += [
+            Config(f"{short} L{layer} all", backend, (layer,), "all", "early exit"),
+            Config(f"{short} L{layer} last", backend, (layer,), "last", "early exit"),
+            Config(f"{short} L{last} all", backend, (last,), "all", "1 site, no early exit"),
+            Config(f"{short} 4 sites", backend, four, "all", "L" + ",".join(map(str, four))),
+            Config(f"{short} 30 sites", backend, tuple(range(n_layers)), "all", "every layer"),
+        ]
+    return out
+
+
+# --- measured child ---------------------------------------------------------------------------
+def build_texts(tokenizer: object, n: int, tokens: int) -> list[str]:
+    """``n`` deterministic texts of exactly ``tokens`` tokens, cut from a rotated passage."""
+    words = PASSAGE.split()
+    texts: list[str] = []
+    offset = 0
+    while len(texts) < n:
+        start = (len(texts) * 13 + offset) % len(words)
+        rotated = words[start:] + words[:start]
+        body = " ".join(rotated * (tokens // len(words) + 2))
+        ids = tokenizer(body, add_special_tokens=False)["input_ids"][:tokens]
+        text = tokenizer.decode(ids)
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) == tokens:
+            texts.append(text)
+            offset = 0
+        else:  # a cut that re-tokenizes differently: shift the start by one word
+            offset += 1
+    return texts
+
+
+def _rss_mb() -> float:
+    """Current resident set size in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's RSS high-water mark (Linux >= 4.0); False if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def run_one(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    """Load the model, warm up on one batch, then time and measure one configuration."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import thinklens as tl
+
+    cuda = torch.cuda.is_available()
+    backend = "transformer_lens" if cfg.backend == "hf" else cfg.backend
+    m = tl.load_model(MODEL, backend=backend)
+    texts = build_texts(m.tokenizer, args.prompts, args.tokens)
+    ids, _ = m.tokenize(texts)
+    if ids.shape[1] != args.tokens:
+        raise RuntimeError(f"texts have {ids.shape[1]} tokens, expected {args.tokens}")
+    sites = [f"resid_post.{i}" for i in cfg.layers]
+    bs = args.batch_size
+
+    def baseline(batch: list[str]) -> list[object]:
+        kept = []
+        with torch.no_grad():
+            for i in range(0, len(batch), bs):
+                b_ids, b_mask = m.tokenize(batch[i : i + bs])
+                out = m.hf(input_ids=b_ids, attention_mask=b_mask, output_hidden_states=True)
+                kept.append(out.hidden_states[cfg.layers[0] + 1].to("cpu"))
+        return kept
+
+    def thinklens_capture(batch: list[str]) -> object:
+        return tl.capture(m, batch, sites, positions=cfg.positions, batch_size=bs,
+                          progress=False)
+
+    work: Callable[[list[str]], object] = baseline if cfg.backend == "hf" else thinklens_capture
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    base_rss = _rss_mb()
+    if cuda:
+        base_gpu = torch.cuda.memory_allocated()
+    work(texts[:bs])  # warm-up, not timed
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    peak_reset = _reset_peak()
+    t0 = time.perf_counter()
+    result = work(texts)
+    sync()
+    seconds = time.perf_counter() - t0
+    if cuda:
+        peak_mb = (torch.cuda.max_memory_allocated() - base_gpu) / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
+    del result
+    return {"name": cfg.name, "seconds": seconds, "peak_mb": peak_mb,
+            "max_diff": check(m, cfg, texts[:2]) if cfg.backend != "hf" else None,
+            "peak_reset": peak_reset or cuda, "device": "cuda" if cuda else "cpu"}
+
+
+def check(m: object, cfg: Config, texts: list[str]) -> float:
+    """Max |capture - plain HF layer output| at the deepest site, on two texts."""
+    import torch
+
+    import thinklens as tl
+
+    deepest = max(cfg.layers)
+    seen: list[torch.Tensor] = []
+
+    def hook(module: object, inputs: object, output: object) -> None:
+        seen.append(output[0] if isinstance(output, tuple) else output)
+
+    handle = m.layer_modules()[deepest].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            ids, mask = m.tokenize(texts)
+            m.hf(input_ids=ids, attention_mask=mask)
+    finally:
+        handle.remove()
+    ref = seen[0].cpu()
+    if cfg.positions == "last":
+        ref = ref[:, -1]
+    got = tl.capture(m, texts, [f"resid_post.{deepest}"], positions=cfg.positions,
+                     progress=False)[f"resid_post.{deepest}"]
+    return float((got - ref).abs().max())
+
+
+# --- parent: run every configuration, write the table -------------------------------------------
+def child(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    """Run one configuration in a fresh interpreter and parse its result line."""
+    cmd = [sys.executable, __file__, "--only", cfg.name, "--prompts", str(args.prompts),
+           "--tokens", str(args.tokens), "--batch-size", str(args.batch_size),
+           "--layer", str(args.layer), "--threads", str(args.threads)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    raise RuntimeError(f"{cfg.name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def versions() -> str:
+    """Versions of the libraries that decide the numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = [f"python {platform.python_version()}"]
+    for pkg in ("torch", "transformers", "transformer-lens", "nnsight"):
+        try:
+            parts.append(f"{pkg} {version(pkg)}")
+        except PackageNotFoundError:
+            parts.append(f"{pkg} -")
+    return ", ".join(parts)
+
+
+def table(cfgs: list[Config], best: dict[str, dict[str, object]], tokens_total: int) -> str:
+    """The result table as aligned text."""
+    base = best["baseline"]
+    head = ("config", "sites", "seconds", "tokens/s", "time x base", "peak MB", "mem x base",
+            "max|diff|", "note")
+    rows = [head]
+    for c in cfgs:
+        r = best[c.name]
+        s, mb = float(r["seconds"]), float(r["peak_mb"])
+        diff = "-" if r["max_diff"] is None else f"{float(r['max_diff']):.1e}"
+        rows.append((c.name, str(len(c.layers)) if c.backend != "hf" else "-", f"{s:.2f}",
+                     f"{tokens_total / s:.0f}", f"{s / float(base['seconds']):.2f}x",
+                     f"{mb:.0f}", f"{mb / float(base['peak_mb']):.2f}x", diff, c.note))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(v.ljust(w) if i in (0, 8) else v.rjust(w)
+                       for i, (v, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+             for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def verdict(cfgs: list[Config], best: dict[str, dict[str, object]], layer: int) -> list[str]:
+    """One line per goal: the measured ratio and whether it is met."""
+    base = best["baseline"]
+    out = []
+    for short in ("tl", "nns"):
+        full = [c for c in cfgs if c.name.startswith(short + " L") and "all" in c.name
+                and c.layers[0] != layer][0]
+        ratio = float(best[full.name]["seconds"]) / float(base["seconds"])
+        out.append(f"time  {full.name:<12} vs full plain forward: {ratio:.2f}x "
+                   f"({'met' if ratio <= 1.10 else 'NOT met'}: goal <= 1.10x)")
+    for short in ("tl", "nns"):
+        mbs = {n: float(best[f"{short} {n}"]["peak_mb"])
+               for n in (f"L{layer} all", "L29 all", "4 sites", "30 sites")}
+        grows = mbs["4 sites"] < mbs["30 sites"] and mbs["L29 all"] < mbs["4 sites"]
+        out.append(
+            f"mem   {short:<3} 1 site L{layer} {mbs[f'L{layer} all']:.0f} MB, 1 site L29 "
+            f"{mbs['L29 all']:.0f} MB, 4 sites {mbs['4 sites']:.0f} MB, 30 sites "
+            f"{mbs['30 sites']:.0f} MB ({'grows with sites' if grows else 'NOT monotone'})")
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--layer", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=1, help="rounds over all configurations")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="benchmarks/results/capture.txt")
+    p.add_argument("--note", default="", help="a line added to the results header")
+    p.add_argument("--only", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    cfgs = configs(args.layer)
+    if args.only:
+        cfg = next(c for c in cfgs if c.name == args.only)
+        print(RESULT_TAG + json.dumps(run_one(cfg, args)), flush=True)
+        return
+
+    started = time.perf_counter()
+    load_start = os.getloadavg()
+    runs: dict[str, list[dict[str, object]]] = {c.name: [] for c in cfgs}
+    for rnd in range(args.repeats):
+        for c in cfgs:
+            r = child(c, args)
+            runs[c.name].append(r)
+            print(f"[round {rnd + 1}/{args.repeats}] {c.name:<14} {float(r['seconds']):7.2f} s "
+                  f"{float(r['peak_mb']):7.0f} MB", file=sys.stderr, flush=True)
+    best = {}
+    for name, rs in runs.items():
+        fastest = min(rs, key=lambda r: float(r["seconds"]))
+        best[name] = dict(fastest, peak_mb=statistics.median(float(r["peak_mb"]) for r in rs))
+    first = best["baseline"]
+    memory = ("torch.cuda.max_memory_allocated above the loaded model" if first["device"] == "cuda"
+              else "RSS high-water mark (ru_maxrss, reset after warm-up) minus RSS after load")
+    tokens_total = args.prompts * args.tokens
+    header = [
+        "thinklens capture benchmark (benchmarks/capture.py)",
+        "goal: capture time <= 1.10x the plain HF forward; memory grows with the sites asked, "
+        "not with the layers",
+        f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+        f"versions: {versions()}",
+        f"machine: {first['device']}, {os.cpu_count()} cpus, torch threads {args.threads}",
+        f"model: {MODEL} (30 layers, float32); {args.prompts} prompts x {args.tokens} tokens "
+        f"= {tokens_total} tokens; batch size {args.batch_size}",
+        f"time: wall seconds for all prompts (perf_counter), one warm-up batch excluded; fastest "
+        f"of {args.repeats} round(s), each config in a fresh subprocess",
+        f"memory: {memory}; median of rounds"
+        + ("" if all(r["peak_reset"] for r in best.values()) else " (reset unavailable!)"),
+        "baseline: model.hf(..., output_hidden_states=True) under no_grad, keeping "
+        f"hidden_states[{args.layer + 1}] of every batch (it also computes every layer and "
+        "the full logits)",
+        "max|diff|: deepest captured site vs a forward hook on the plain HF layer, 2 texts",
+        f"load average at start {load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f} "
+        "(other processes share the cpus; see the fastest-round rule above)",
+    ]
+    if args.note:
+        header.append(f"note: {args.note}")
+    text = "\n".join([*header, "", table(cfgs, best, tokens_total), "",
+                      *verdict(cfgs, best, args.layer),
+                      f"total benchmark time {time.perf_counter() - started:.0f} s", ""])
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+
+
+if __name__ == "__main__":
+    main()

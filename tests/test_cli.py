@@ -1,0 +1,59 @@
+"""The thinklens command line: help everywhere, listing, capture to disk, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from thinklens.capture import CaptureStore
+from thinklens.cli import build_parser, main
+
+
+@pytest.mark.parametrize("argv", [[], ["models"], ["models", "info"], ["capture"], ["demo"]])
+def test_help_everywhere(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([*argv, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: thinklens" in capsys.readouterr().out
+
+
+def test_models_list(capsys):
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m-instruct" in out and "gemma3" in out
+
+
+def test_capture_command_writes_shards(tmp_path, monkeypatch, capsys):
+    import thinklens as tl
+    from thinklens.testing import tiny_model
+
+    tiny = tiny_model("llama")
+    monkeypatch.setattr(tl, "load_model", lambda name, backend: tiny)
+    data = tmp_path / "prompts.txt"
+    data.write_text("I can't bake bread.\nWe will write a poem.\n")
+    out = tmp_path / "caps"
+    assert (
+        main(
+            [
+                "capture",
+                "tiny",
+                str(data),
+                "--sites",
+                "resid_post.1",
+                "z.0",
+                "--positions",
+                "last",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    caps = CaptureStore(out).load()
+    assert caps["resid_post.1"].shape == (2, tiny.d_model)
+    assert caps["z.0"].shape == (2, tiny.n_heads, tiny.d_head)
+
+
+def test_errors_are_one_line_not_tracebacks(capsys):
+    assert main(["models", "info", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("thinklens: error: unknown model 'no-such-model'")

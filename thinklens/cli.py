@@ -1,0 +1,141 @@
+"""The ``thinklens`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _models_list(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    from thinklens.embedded import EMBEDDED, cache_root
+    from thinklens.families import FAMILIES
+
+    print("embedded models (load offline by alias):")
+    for e in EMBEDDED.values():
+        pkg = e.package.split("==")[0].replace("-", "_")
+        ok = importlib.util.find_spec(pkg) is not None
+        print(f"  {e.alias:24s} {'installed' if ok else 'not installed':14s} {e.description}")
+    print(f"cache: {cache_root()}")
+    print(
+        "architecture families: "
+        + ", ".join(f"{f.name} ({'/'.join(f.model_types)})" for f in FAMILIES.values())
+    )
+
+
+def _models_info(args: argparse.Namespace) -> None:
+    import thinklens as tl
+
+    m = tl.load_model(args.model, backend=args.backend)
+    info = dict(
+        name=m.name,
+        family=m.family.name,
+        backend=m.backend.name,
+        n_layers=m.n_layers,
+        n_heads=m.n_heads,
+        n_kv_heads=m.n_kv_heads,
+        d_model=m.d_model,
+        d_head=m.d_head,
+        n_ctx=m.n_ctx,
+        dtype=str(m.dtype),
+        device=str(m.device),
+        fingerprint=m.fingerprint(),
+        sites=list(tl.SITE_KINDS),
+        chat_template=getattr(m.tokenizer, "chat_template", None) is not None,
+    )
+    print(json.dumps(info, indent=1))
+
+
+def _capture(args: argparse.Namespace) -> None:
+    import thinklens as tl
+    from thinklens.data import load_prompts
+
+    m = tl.load_model(args.model, backend=args.backend)
+    prompts = load_prompts(args.data, column=args.column, limit=args.limit)
+    texts = [m.chat(p) for p in prompts] if args.chat else prompts
+    positions = int(args.positions) if args.positions.isdigit() else args.positions
+    store = tl.capture(
+        m, texts, args.sites, positions=positions, batch_size=args.batch_size, stream_to=args.out
+    )
+    print(f"captured {len(texts)} texts x {', '.join(args.sites)} into {store.path}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from thinklens.demo import run_demo
+
+    res = run_demo(args.model, args.out, n_prompts=args.n_prompts, backend=args.backend)
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.max_colwidth", 70):
+        print(res.layers.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print(f"\nbest layer: {res.best_layer}\n")
+        print(res.effects.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"\nreport: {res.report.resolve()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    p = argparse.ArgumentParser(
+        prog="thinklens",
+        description=__doc__ and "Interpretability of safety in reasoning language models.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def backend(q: argparse.ArgumentParser) -> None:
+        q.add_argument(
+            "--backend", default="transformer_lens", choices=["transformer_lens", "nnsight"]
+        )
+
+    models = sub.add_parser("models", help="list or describe models")
+    msub = models.add_subparsers(dest="action", required=True)
+    msub.add_parser("list", help="embedded models and architecture families").set_defaults(
+        fn=_models_list
+    )
+    info = msub.add_parser("info", help="load a model and print its shape facts")
+    info.add_argument("model")
+    backend(info)
+    info.set_defaults(fn=_models_info)
+
+    cap = sub.add_parser("capture", help="capture sites over a data set into safetensors shards")
+    cap.add_argument("model")
+    cap.add_argument("data", help="CSV/JSON/JSONL/TXT file, bundled:harmful, or hf:<dataset>")
+    cap.add_argument("--sites", nargs="+", required=True, help="e.g. resid_post.12 z.3")
+    cap.add_argument("--positions", default="last", help="all, last, or k (last k tokens)")
+    cap.add_argument("--out", required=True, help="output folder (a rerun resumes)")
+    cap.add_argument("--column", default=None)
+    cap.add_argument("--limit", type=int, default=None)
+    cap.add_argument("--batch-size", type=int, default=8)
+    cap.add_argument(
+        "--no-chat",
+        dest="chat",
+        action="store_false",
+        help="use texts as they are instead of applying the chat template",
+    )
+    backend(cap)
+    cap.set_defaults(fn=_capture)
+
+    demo = sub.add_parser("demo", help="find, remove and measure a refusal direction")
+    demo.add_argument("--model", default="smollm2-135m-instruct")
+    demo.add_argument("--out", default="thinklens-out")
+    demo.add_argument("--n-prompts", type=int, default=32)
+    backend(demo)
+    demo.set_defaults(fn=_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``thinklens`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, FileNotFoundError, FileExistsError, IndexError, ConnectionError) as err:
+        print(f"thinklens: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
