@@ -1,5 +1,6 @@
 """thinklens: mechanistic interpretability of safety in reasoning language models."""
 
+from thinklens.artifacts import Artifact
 from thinklens.capture import Captures, CaptureStore, capture
 from thinklens.edits import (
     ActivationAddition,
@@ -19,6 +20,7 @@ __all__ = [
     "FAMILIES",
     "SITE_KINDS",
     "ActivationAddition",
+    "Artifact",
     "CaptureStore",
     "Captures",
     "DirectionProjection",

@@ -95,4 +95,5 @@ def load_model(
         hf = AutoModelForCausalLM.from_pretrained(source, **kw)
     if device != "auto":
         hf = hf.to(device)
-    return Model(hf, tok, family_for(hf.config), name=name_or_path, backend_name=backend)
+    family = family_for(hf.config)
+    return Model(hf, tok, family, name=name_or_path, backend_name=backend, thinking=family.thinking)

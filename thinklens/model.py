@@ -11,7 +11,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from thinklens.families import Family
-from thinklens.traces import ThinkingFormat
+from thinklens.traces import ThinkingFormat, Trace
 
 if TYPE_CHECKING:
     from thinklens.backends.base import Backend
@@ -151,6 +151,27 @@ class Model:
         if getattr(self.tokenizer, "chat_template", None) is None:
             return (f"{system}\n\n" if system else "") + f"User: {prompt}\nAssistant:"
         return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+    def trace(
+        self,
+        prompt: str,
+        thinking: str | None = None,
+        answer: str | None = None,
+        system: str | None = None,
+        require_thinking: bool = False,
+    ) -> Trace:
+        """A prompt, thinking and answer laid out in this model's chat and thinking format."""
+        from thinklens.traces import build_trace
+
+        return build_trace(
+            self.tokenizer,
+            prompt,
+            thinking,
+            answer,
+            system=system,
+            fmt=self.thinking,
+            require_thinking=require_thinking,
+        )
 
     # --- forward ------------------------------------------------------------------------------
     @torch.no_grad()
