@@ -97,6 +97,32 @@ def _rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+def _busy_seconds() -> float:
+    """CPU seconds spent busy by the whole machine since boot (all cpus, from /proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    """CPU seconds used by this process, all threads."""
+    t = os.times()
+    return t.user + t.system
+
+
+def wait_idle(max_wait: float, threshold: float = 0.3) -> float:
+    """Wait (up to ``max_wait`` s) until other processes use under ``threshold`` cpus."""
+    start = time.perf_counter()
+    while True:
+        busy = _busy_seconds()
+        time.sleep(2.0)
+        load = (_busy_seconds() - busy) / 2.0
+        waited = time.perf_counter() - start
+        if load < threshold or waited >= max_wait:
+            return waited
+
+
 def _reset_peak() -> bool:
     """Reset the kernel's RSS high-water mark (Linux >= 4.0); False if not allowed."""
     try:
@@ -117,6 +143,9 @@ def run_one(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     cuda = torch.cuda.is_available()
     backend = "nnsight" if cfg.backend == "hf" else cfg.backend  # the baseline ignores it
     m = tl.load_model(MODEL, backend=backend)
+    with torch.no_grad():  # weights may be memory-mapped: make them all resident first
+        for t in [*m.hf.parameters(), *m.hf.buffers()]:
+            t.sum()
     texts = build_texts(m.tokenizer, args.prompts, args.tokens)
     ids, _ = m.tokenize(texts)
     if ids.shape[1] != args.tokens:
@@ -131,11 +160,11 @@ def run_one(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
                 b_ids, b_mask = m.tokenize(batch[i : i + bs])
                 out = m.hf(input_ids=b_ids, attention_mask=b_mask, output_hidden_states=True)
                 kept.append(out.hidden_states[cfg.layers[0] + 1].to("cpu"))
+                del out  # do not hold one batch's logits while the next one runs
         return kept
 
     def thinklens_capture(batch: list[str]) -> object:
-        return tl.capture(m, batch, sites, positions=cfg.positions, batch_size=bs,
-                          progress=False)
+        return tl.capture(m, batch, sites, positions=cfg.positions, batch_size=bs, progress=False)
 
     work: Callable[[list[str]], object] = baseline if cfg.backend == "hf" else thinklens_capture
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -147,19 +176,26 @@ def run_one(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    peak_reset = _reset_peak()
-    t0 = time.perf_counter()
+    peak_reset = _reset_peak()  # the warm-up's peak is not counted
+    busy0, own0, t0 = _busy_seconds(), _own_seconds(), time.perf_counter()
     result = work(texts)
     sync()
     seconds = time.perf_counter() - t0
+    other = (_busy_seconds() - busy0 - (_own_seconds() - own0)) / seconds
     if cuda:
         peak_mb = (torch.cuda.max_memory_allocated() - base_gpu) / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
     del result
-    return {"name": cfg.name, "seconds": seconds, "peak_mb": peak_mb,
-            "max_diff": check(m, cfg, texts[:2]) if cfg.backend != "hf" else None,
-            "peak_reset": peak_reset or cuda, "device": "cuda" if cuda else "cpu"}
+    return {
+        "name": cfg.name,
+        "seconds": seconds,
+        "peak_mb": peak_mb,
+        "max_diff": check(m, cfg, texts[:2]) if cfg.backend != "hf" else None,
+        "peak_reset": peak_reset or cuda,
+        "other_cpus": max(other, 0.0),
+        "device": "cuda" if cuda else "cpu",
+    }
 
 
 def check(m: object, cfg: Config, texts: list[str]) -> float:
@@ -184,23 +220,41 @@ def check(m: object, cfg: Config, texts: list[str]) -> float:
     ref = seen[0].cpu()
     if cfg.positions == "last":
         ref = ref[:, -1]
-    got = tl.capture(m, texts, [f"resid_post.{deepest}"], positions=cfg.positions,
-                     progress=False)[f"resid_post.{deepest}"]
+    got = tl.capture(m, texts, [f"resid_post.{deepest}"], positions=cfg.positions, progress=False)[
+        f"resid_post.{deepest}"
+    ]
     return float((got - ref).abs().max())
 
 
 # --- parent: run every configuration, write the table -------------------------------------------
 def child(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     """Run one configuration in a fresh interpreter and parse its result line."""
-    cmd = [sys.executable, __file__, "--only", cfg.name, "--prompts", str(args.prompts),
-           "--tokens", str(args.tokens), "--batch-size", str(args.batch_size),
-           "--layer", str(args.layer), "--threads", str(args.threads)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               TOKENIZERS_PARALLELISM="false")
+    cmd = [
+        sys.executable,
+        __file__,
+        "--only",
+        cfg.name,
+        "--prompts",
+        str(args.prompts),
+        "--tokens",
+        str(args.tokens),
+        "--batch-size",
+        str(args.batch_size),
+        "--layer",
+        str(args.layer),
+        "--threads",
+        str(args.threads),
+    ]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(args.threads),
+        MKL_NUM_THREADS=str(args.threads),
+        TOKENIZERS_PARALLELISM="false",
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
+            return json.loads(line[len(RESULT_TAG) :])
     raise RuntimeError(f"{cfg.name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
@@ -220,20 +274,45 @@ def versions() -> str:
 def table(cfgs: list[Config], best: dict[str, dict[str, object]], tokens_total: int) -> str:
     """The result table as aligned text."""
     base = best["baseline"]
-    head = ("config", "sites", "seconds", "tokens/s", "time x base", "peak MB", "mem x base",
-            "max|diff|", "note")
+    head = (
+        "config",
+        "sites",
+        "seconds",
+        "tokens/s",
+        "time x base",
+        "peak MB",
+        "mem x base",
+        "max|diff|",
+        "other cpus",
+        "note",
+    )
     rows = [head]
     for c in cfgs:
         r = best[c.name]
         s, mb = float(r["seconds"]), float(r["peak_mb"])
         diff = "-" if r["max_diff"] is None else f"{float(r['max_diff']):.1e}"
-        rows.append((c.name, str(len(c.layers)) if c.backend != "hf" else "-", f"{s:.2f}",
-                     f"{tokens_total / s:.0f}", f"{s / float(base['seconds']):.2f}x",
-                     f"{mb:.0f}", f"{mb / float(base['peak_mb']):.2f}x", diff, c.note))
+        rows.append(
+            (
+                c.name,
+                str(len(c.layers)) if c.backend != "hf" else "-",
+                f"{s:.2f}",
+                f"{tokens_total / s:.0f}",
+                f"{s / float(base['seconds']):.2f}x",
+                f"{mb:.0f}",
+                f"{mb / float(base['peak_mb']):.2f}x",
+                diff,
+                f"{float(r['other_cpus']):.2f}",
+                c.note,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(v.ljust(w) if i in (0, 8) else v.rjust(w)
-                       for i, (v, w) in enumerate(zip(r, widths, strict=True))).rstrip()
-             for r in rows]
+    lines = [
+        "  ".join(
+            v.ljust(w) if i in (0, len(head) - 1) else v.rjust(w)
+            for i, (v, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+        for r in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 
@@ -246,16 +325,21 @@ def verdict(cfgs: list[Config], best: dict[str, dict[str, object]], layer: int) 
     for short in ("tl", "nns"):
         name = f"{short} L{last} all"
         ratio = float(best[name]["seconds"]) / float(base["seconds"])
-        out.append(f"time  {name:<11} vs the full plain forward: {ratio:.2f}x "
-                   f"({'met' if ratio <= 1.10 else 'NOT met'}: goal <= 1.10x)")
+        out.append(
+            f"time  {name:<11} vs the full plain forward: {ratio:.2f}x "
+            f"({'met' if ratio <= 1.10 else 'NOT met'}: goal <= 1.10x)"
+        )
     for short in ("tl", "nns"):
-        mbs = {n: float(best[f"{short} {n}"]["peak_mb"])
-               for n in (f"L{layer} all", f"L{last} all", "4 sites", "30 sites")}
+        mbs = {
+            n: float(best[f"{short} {n}"]["peak_mb"])
+            for n in (f"L{layer} all", f"L{last} all", "4 sites", "30 sites")
+        }
         grows = mbs[f"L{last} all"] < mbs["4 sites"] < mbs["30 sites"]
         out.append(
             f"mem   {short:<3} 1 site L{layer} {mbs[f'L{layer} all']:.0f} MB, 1 site L{last} "
             f"{mbs[f'L{last} all']:.0f} MB, 4 sites {mbs['4 sites']:.0f} MB, 30 sites "
-            f"{mbs['30 sites']:.0f} MB ({'grows with sites' if grows else 'NOT monotone'})")
+            f"{mbs['30 sites']:.0f} MB ({'grows with sites' if grows else 'NOT monotone'})"
+        )
     return out
 
 
@@ -268,6 +352,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="rounds over all configurations")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/capture.txt")
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=120.0,
+        help="seconds to wait for other processes to go quiet before each config",
+    )
     p.add_argument("--note", default="", help="a line added to the results header")
     p.add_argument("--only", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -280,19 +370,28 @@ def main() -> None:
     started = time.perf_counter()
     load_start = os.getloadavg()
     runs: dict[str, list[dict[str, object]]] = {c.name: [] for c in cfgs}
+    waited = 0.0
     for rnd in range(args.repeats):
         for c in cfgs:
+            waited += wait_idle(args.max_wait)
             r = child(c, args)
             runs[c.name].append(r)
-            print(f"[round {rnd + 1}/{args.repeats}] {c.name:<14} {float(r['seconds']):7.2f} s "
-                  f"{float(r['peak_mb']):7.0f} MB", file=sys.stderr, flush=True)
+            print(
+                f"[round {rnd + 1}/{args.repeats}] {c.name:<14} {float(r['seconds']):7.2f} s "
+                f"{float(r['peak_mb']):7.0f} MB  other cpus {float(r['other_cpus']):.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
     best = {}
     for name, rs in runs.items():
         fastest = min(rs, key=lambda r: float(r["seconds"]))
         best[name] = dict(fastest, peak_mb=statistics.median(float(r["peak_mb"]) for r in rs))
     first = best["baseline"]
-    memory = ("torch.cuda.max_memory_allocated above the loaded model" if first["device"] == "cuda"
-              else "RSS high-water mark (ru_maxrss, reset after warm-up) minus RSS after load")
+    memory = (
+        "torch.cuda.max_memory_allocated above the loaded model"
+        if first["device"] == "cuda"
+        else "RSS high-water mark (ru_maxrss, reset after warm-up) minus RSS after load"
+    )
     tokens_total = args.prompts * args.tokens
     header = [
         "thinklens capture benchmark (benchmarks/capture.py)",
@@ -311,14 +410,24 @@ def main() -> None:
         f"hidden_states[{args.layer + 1}] of every batch (it also computes every layer and "
         "the full logits)",
         "max|diff|: deepest captured site vs a forward hook on the plain HF layer, 2 texts",
-        f"load average at start {load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f} "
-        "(other processes share the cpus; see the fastest-round rule above)",
+        "other cpus: mean cpus busy with other processes during the timed run (from /proc/stat;"
+        " other sessions share this machine and 2-thread torch slows a lot when they run)",
+        f"load average at start {load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f}; waited "
+        f"{waited:.0f} s in total for the machine to go quiet before configs",
     ]
     if args.note:
         header.append(f"note: {args.note}")
-    text = "\n".join([*header, "", table(cfgs, best, tokens_total), "",
-                      *verdict(cfgs, best, args.layer),
-                      f"total benchmark time {time.perf_counter() - started:.0f} s", ""])
+    text = "\n".join(
+        [
+            *header,
+            "",
+            table(cfgs, best, tokens_total),
+            "",
+            *verdict(cfgs, best, args.layer),
+            f"total benchmark time {time.perf_counter() - started:.0f} s",
+            "",
+        ]
+    )
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,19 @@ from thinklens.capture import CaptureStore
 from thinklens.cli import build_parser, main
 
 
-@pytest.mark.parametrize("argv", [[], ["models"], ["models", "info"], ["capture"], ["demo"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["models"],
+        ["models", "info"],
+        ["capture"],
+        ["demo"],
+        ["organisms"],
+        ["organisms", "build"],
+        ["organisms", "check"],
+    ],
+)
 def test_help_everywhere(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([*argv, "--help"])

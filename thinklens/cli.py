@@ -63,6 +63,26 @@ def _capture(args: argparse.Namespace) -> None:
     print(f"captured {len(texts)} texts x {', '.join(args.sites)} into {store.path}")
 
 
+def _organisms_build(args: argparse.Namespace) -> None:
+    import thinklens as tl
+    from thinklens.organisms import behaviour, build, organism_kind
+
+    kind = organism_kind(args.name)
+    meta = build(kind, out=args.out, seed=args.seed, epochs=args.epochs)
+    print(json.dumps(meta, indent=1))
+    if args.out is None:  # the built adapter is the one load_model uses
+        model = tl.load_model(f"organism-{kind}")
+        print(json.dumps(behaviour(model, n=args.n_eval), indent=1))
+
+
+def _organisms_check(args: argparse.Namespace) -> None:
+    import thinklens as tl
+    from thinklens.organisms import behaviour, organism_kind
+
+    model = tl.load_model(f"organism-{organism_kind(args.name)}", backend=args.backend)
+    print(json.dumps(behaviour(model, n=args.n_eval), indent=1))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from thinklens.demo import run_demo
 
@@ -116,6 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backend(cap)
     cap.set_defaults(fn=_capture)
+
+    org = sub.add_parser("organisms", help="build or check the model organisms")
+    osub = org.add_subparsers(dest="action", required=True)
+    ob = osub.add_parser("build", help="train an organism's LoRA adapter from its seed (CPU)")
+    ob.add_argument("name", help="aligned or cliff")
+    ob.add_argument("--seed", type=int, default=0)
+    ob.add_argument("--epochs", type=int, default=2)
+    ob.add_argument("--out", default=None, help="adapter folder (default: the packaged one)")
+    ob.add_argument("--n-eval", type=int, default=None, help="held-out prompts per group")
+    ob.set_defaults(fn=_organisms_build)
+    oc = osub.add_parser("check", help="measure an organism's behaviour on held-out prompts")
+    oc.add_argument("name", help="aligned or cliff")
+    oc.add_argument("--n-eval", type=int, default=None, help="held-out prompts per group")
+    backend(oc)
+    oc.set_defaults(fn=_organisms_check)
 
     demo = sub.add_parser("demo", help="find, remove and measure a refusal direction")
     demo.add_argument("--model", default="smollm2-135m-instruct")

@@ -10,7 +10,8 @@ import torch
 
 from thinklens.embedded import EMBEDDED, embedded_folder
 from thinklens.families import family_for
-from thinklens.model import BackendName, Model
+from thinklens.model import BackendName, Model, weights_fingerprint
+from thinklens.organisms.build import BASE, ORGANISMS, apply_adapter
 
 BACKENDS = ("transformer_lens", "nnsight")
 
@@ -27,6 +28,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _resolve(name_or_path: str) -> tuple[str, dict]:
     """A loadable folder or hub name, and extra from_pretrained arguments."""
+    if name_or_path in ORGANISMS:
+        return str(embedded_folder(BASE)), {}
     if name_or_path in EMBEDDED:
         return str(embedded_folder(name_or_path)), {}
     if Path(name_or_path).expanduser().is_dir():
@@ -38,7 +41,8 @@ def _resolve(name_or_path: str) -> tuple[str, dict]:
         )
     if "/" not in name_or_path:
         raise ValueError(
-            f"unknown model {name_or_path!r}: not an embedded alias ({', '.join(EMBEDDED)}), "
+            f"unknown model {name_or_path!r}: not an embedded alias "
+            f"({', '.join([*EMBEDDED, *ORGANISMS])}), "
             "a local folder, or a hub name of the form 'org/name'"
         )
     return name_or_path, {}
@@ -55,7 +59,8 @@ def load_model(
     """Load a causal LM as a thinklens Model.
 
     Args:
-        name_or_path: an embedded alias (``smollm2-135m-instruct``, ``gemma-3-270m``), a local
+        name_or_path: an embedded alias (``smollm2-135m-instruct``, ``gemma-3-270m``), a model
+            organism (``organism-aligned``, ``organism-cliff``), a local
             Hugging Face folder, or a hub name (needs the hub, or its files in the local cache).
         backend: ``"transformer_lens"`` (TransformerBridge) or ``"nnsight"``.
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` (accelerate ``device_map``) or None (CUDA if
@@ -96,4 +101,7 @@ def load_model(
     if device != "auto":
         hf = hf.to(device)
     family = family_for(hf.config)
+    if name_or_path in ORGANISMS:
+        fp = weights_fingerprint(hf, family, hf.config.num_hidden_layers)
+        hf = apply_adapter(hf, ORGANISMS[name_or_path], fp)
     return Model(hf, tok, family, name=name_or_path, backend_name=backend, thinking=family.thinking)

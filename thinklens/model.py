@@ -27,6 +27,16 @@ def get_path(root: nn.Module, path: str) -> nn.Module:
     return module
 
 
+def weights_fingerprint(hf: nn.Module, family: Family, n_layers: int) -> str:
+    """A short hash of the embedding and the last layer's weights."""
+    h = hashlib.sha256()
+    h.update(f"{family.name}:{n_layers}".encode())
+    for path in (family.embed, f"{family.layers}.{n_layers - 1}"):
+        for p in get_path(hf, path).parameters():
+            h.update(p.detach().float().flatten()[:4096].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class Model:
     """A causal LM ready for captures, interventions and generation through one backend."""
@@ -90,13 +100,8 @@ class Model:
         return next(self.hf.parameters()).dtype
 
     def fingerprint(self) -> str:
-        """A short hash of the weights that write the residual stream (to match artifacts)."""
-        h = hashlib.sha256()
-        h.update(f"{self.family.name}:{self.n_layers}:{self.d_model}".encode())
-        for path in (self.family.embed, f"{self.family.layers}.{self.n_layers - 1}"):
-            for p in list(get_path(self.hf, path).parameters())[:2]:
-                h.update(p.detach().float().flatten()[:4096].cpu().numpy().tobytes())
-        return h.hexdigest()[:16]
+        """A short hash of the weights (to match artifacts and adapters to their model)."""
+        return weights_fingerprint(self.hf, self.family, self.n_layers)
 
     # --- module trees -------------------------------------------------------------------------
     def layer_modules(self, root: nn.Module | None = None) -> nn.ModuleList:
