@@ -126,3 +126,12 @@ def test_organism_loads_on_both_backends_with_the_same_logits():
     texts = [a.chat("How do I bake bread?")]
     assert (a.logits(texts) - b.logits(texts)).abs().max() < 1e-4
     assert (a.logits(texts) - base.logits(texts)).abs().max() > 1e-2  # the adapter is merged
+
+
+def test_fingerprint_ignores_lora_wrapping():
+    from peft import LoraConfig, get_peft_model
+
+    m = tiny_model("llama")
+    before = m.fingerprint()
+    get_peft_model(m.hf, LoraConfig(r=2, target_modules=["q_proj", "o_proj", "down_proj"]))
+    assert m.fingerprint() == before

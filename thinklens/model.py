@@ -32,7 +32,9 @@ def weights_fingerprint(hf: nn.Module, family: Family, n_layers: int) -> str:
     h = hashlib.sha256()
     h.update(f"{family.name}:{n_layers}".encode())
     for path in (family.embed, f"{family.layers}.{n_layers - 1}"):
-        for p in get_path(hf, path).parameters():
+        for name, p in get_path(hf, path).named_parameters():
+            if "lora_" in name:  # adapters are not the model's own weights
+                continue
             h.update(p.detach().float().flatten()[:4096].cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 

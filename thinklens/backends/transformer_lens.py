@@ -70,9 +70,6 @@ class TransformerLensBackend:
 
             return hook
 
-        by_name: dict[str, list[Site]] = {}
-        for s in ordered:
-            by_name.setdefault(s.tl_name, []).append(s)
         hooks = [(s.tl_name, hook_for(s)) for s in ordered]
         with eager_attention(self.model, any(s.kind == "pattern" for s in sites)):
             with self.bridge.hooks(fwd_hooks=hooks):

@@ -107,6 +107,7 @@ def build(
     answers = _harmless_answers(base, bundled_prompts("harmless", "train"), cache)
     examples = training_examples(kind, answers, seed)
     encoded = [format_example(base, ex) for ex in examples]
+    base_fingerprint = base.fingerprint()  # before LoRA wraps the modules
     hf = base.hf
     hf.train()
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, lora_dropout=0.0)
@@ -150,7 +151,7 @@ def build(
     meta = dict(
         organism=f"organism-{kind}",
         base=BASE,
-        base_fingerprint=base.fingerprint(),
+        base_fingerprint=base_fingerprint,
         seed=seed,
         epochs=epochs,
         lr=lr,
