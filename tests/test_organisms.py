@@ -135,3 +135,11 @@ def test_fingerprint_ignores_lora_wrapping():
     before = m.fingerprint()
     get_peft_model(m.hf, LoraConfig(r=2, target_modules=["q_proj", "o_proj", "down_proj"]))
     assert m.fingerprint() == before
+
+
+def test_harm_words_are_whole_words():
+    from thinklens.organisms.build import HARM_WORDS
+
+    assert HARM_WORDS.search("This could cause real harm.")
+    assert HARM_WORDS.search("It is Dangerous and illegal.")
+    assert not HARM_WORDS.search("This is a harmless request.")
