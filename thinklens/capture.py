@@ -188,7 +188,8 @@ def capture(
         store.finish()
         return store
     inverse = torch.argsort(torch.tensor(done_order))
-    tensors = {s: _cat(chunks[s], s, squeeze)[inverse] for s in resolved}
+    # One site at a time, dropping its chunks as it goes, so the peak stays near one copy.
+    tensors = {s: _cat(chunks.pop(s), s, squeeze)[inverse] for s in resolved}
     return Captures(tensors, _cat(masks, None, False)[inverse], lengths, positions)
 
 

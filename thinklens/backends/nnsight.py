@@ -60,7 +60,8 @@ class NNsightBackend:
             path, port, _ = module_port(self.model, s)
             ports.setdefault((path, port), []).append(s)
         with eager_attention(self.model, any(s.kind == "pattern" for s in sites)):
-            with self.lm.trace(ids, attention_mask=mask) as tracer:
+            # No KV cache: a capture never decodes further, and the cache grows with depth.
+            with self.lm.trace(ids, attention_mask=mask, use_cache=False) as tracer:
                 for (path, port), group in ports.items():
                     value = getattr(_envoy(self.lm, path), port)
                     for s in group:
@@ -77,6 +78,6 @@ class NNsightBackend:
     ) -> Float[Tensor, "batch pos vocab"]:
         import nnsight
 
-        with self.lm.trace(ids, attention_mask=mask):
+        with self.lm.trace(ids, attention_mask=mask, use_cache=False):
             out = nnsight.save(self.lm.output.logits)
         return out

@@ -74,7 +74,7 @@ class TransformerLensBackend:
         with eager_attention(self.model, any(s.kind == "pattern" for s in sites)):
             with self.bridge.hooks(fwd_hooks=hooks):
                 try:
-                    self.bridge(ids, attention_mask=mask, return_type=None)
+                    self.bridge(ids, attention_mask=mask, return_type=None, use_cache=False)
                 except StopForward:
                     pass
 
@@ -82,4 +82,4 @@ class TransformerLensBackend:
     def logits(
         self, ids: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
     ) -> Float[Tensor, "batch pos vocab"]:
-        return self.bridge(ids, attention_mask=mask)
+        return self.bridge(ids, attention_mask=mask, use_cache=False)
