@@ -66,18 +66,13 @@ FAMILIES: dict[str, Family] = {
         Family(
             "gemma3",
             ("gemma3_text", "gemma3"),
-            layers="model.layers",
-            final_norm="model.norm",
-            embed="model.embed_tokens",
-            unembed="lm_head",
-            attn="self_attn",
-            o_proj="self_attn.o_proj",
-            mlp="mlp",
-            mlp_out_proj="mlp.down_proj",
             # Gemma normalises each sublayer's output before adding it to the residual stream.
-            attn_out=("post_attention_layernorm", "output"),
-            mlp_out=("post_feedforward_layernorm", "output"),
-            resid_mid=("pre_feedforward_layernorm", "input"),
+            **_LLAMA_LIKE
+            | dict(
+                attn_out=("post_attention_layernorm", "output"),
+                mlp_out=("post_feedforward_layernorm", "output"),
+                resid_mid=("pre_feedforward_layernorm", "input"),
+            ),
         ),
         Family(
             "gpt2",
