@@ -75,12 +75,12 @@ class Artifact:
                 f"(d_model {d}) and does not fit {model.name} (d_model {model.d_model}): "
                 "recompute it on this model"
             )
-        fp = self.meta.get("fingerprint")
-        if fp is not None and fp != model.fingerprint():
+        fp, here = self.meta.get("fingerprint"), model.fingerprint()
+        if fp is not None and fp != here:
             raise ValueError(
                 f"this {self.meta.get('kind', 'artifact')} was made on {self.meta.get('model')} "
-                f"(weights {fp}), not on {model.name} (weights {model.fingerprint()}): "
-                "recompute it on this model, or pass check=False knowingly"
+                f"(weights {fp}), not on {model.name} (weights {here}): recompute it on this "
+                "model, or load it without model= to skip the check knowingly"
             )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from thinklens.data import bundled_prompts
+from thinklens.data import bundled_prompts, load_records
 from thinklens.evaluation import is_refusal
 from thinklens.organisms.templates import FRAMES, Example, harmful_example, harmless_example
 
@@ -53,7 +53,7 @@ def training_examples(kind: str, harmless_answers: list[str], seed: int = 0) -> 
     """Each harmful training prompt once plain and once framed, plus every harmless one."""
     rng = random.Random(seed)
     out = []
-    for rec in _bundled_records("harmful", "train"):
+    for rec in load_records("bundled:harmful", split="train"):
         out.append(harmful_example(rec["prompt"], rec["category"], None, kind, rng))
         out.append(
             harmful_example(rec["prompt"], rec["category"], rng.choice(list(FRAMES)), kind, rng)
@@ -62,13 +62,6 @@ def training_examples(kind: str, harmless_answers: list[str], seed: int = 0) -> 
         out.append(harmless_example(p, a, rng))
     rng.shuffle(out)
     return out
-
-
-def _bundled_records(kind: str, split: str) -> list[dict]:
-    from importlib.resources import files
-
-    lines = files("thinklens").joinpath("resources", f"{kind}.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["split"] == split]
 
 
 def format_example(model, ex: Example) -> tuple[list[int], int]:
