@@ -47,9 +47,10 @@ def run_demo(
             ("safe_test", safe_test),
         ]
     }
-    rows = []
+    rows, directions = [], []
     for l, s in enumerate(sites):
         r = cap["harm"][s].mean(0) - cap["safe"][s].mean(0)  # difference of means, float64
+        directions.append(r)
         # At layer 0 every last token is the same template token: no direction to find.
         r_hat = r / r.norm() if r.norm() > 0 else r
         scores = torch.cat([cap["harm_test"][s] @ r_hat, cap["safe_test"][s] @ r_hat])
@@ -64,7 +65,7 @@ def run_demo(
     # every layer above it.
     best = int(layers.loc[layers.auroc >= layers.auroc.max() - 0.01, "layer"].min())
     s = sites[best]
-    direction = (cap["harm"][s].mean(0) - cap["safe"][s].mean(0)).float()
+    direction = directions[best].float()
     base_logits = model.logits(safe_test)
     # Answers to harmful prompts are judged, never shown: the report holds no model-written
     # harmful text.
