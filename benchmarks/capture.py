@@ -273,11 +273,16 @@ def child(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
         MKL_NUM_THREADS=str(args.threads),
         TOKENIZERS_PARALLELISM="false",
     )
+    return run_tagged(cmd, env, cfg.name)
+
+
+def run_tagged(cmd: list[str], env: dict[str, str], name: str) -> dict[str, object]:
+    """Run a measuring subprocess and parse the JSON on its result line."""
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
             return json.loads(line[len(RESULT_TAG) :])
-    raise RuntimeError(f"{cfg.name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
 def versions() -> str:

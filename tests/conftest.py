@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import json
+import random
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,23 @@ from thinklens.testing import tiny_model
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BACKENDS = ("transformer_lens", "nnsight")
+
+
+def held_out_prompts(n: int = 24) -> tuple[list[str], list[str]]:
+    """Harmful and harmless prompts no organism saw: public sets, else the bundled test split."""
+    from thinklens.data import bundled_prompts
+
+    if not SHARED_DATA.exists():
+        return bundled_prompts("harmful", "test")[:n], bundled_prompts("harmless", "test")[:n]
+    with open(SHARED_DATA / "advbench.csv") as f:
+        adv = [r["goal"] for r in csv.DictReader(f)]
+    with open(SHARED_DATA / "jailbreakbench.csv") as f:
+        jbb = [r["Goal"] for r in csv.DictReader(f)]
+    harmless = [
+        r["instruction"] for r in json.loads((SHARED_DATA / "harmless_test.json").read_text())
+    ]
+    rng = random.Random(0)
+    return (rng.sample(adv, n // 2) + rng.sample(jbb, n // 2), rng.sample(harmless, n))
 
 
 @pytest.fixture(autouse=True)

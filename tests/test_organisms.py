@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import random
 
 import pytest
 
 import thinklens as tl
-from tests.conftest import SHARED_DATA
+from tests.conftest import held_out_prompts as _held_out
 from thinklens.organisms import behaviour, organism_kind
 from thinklens.organisms.build import ADAPTERS, format_example, training_examples
 from thinklens.organisms.templates import FRAMES
@@ -63,23 +61,6 @@ def test_unknown_organism_and_wrong_base_are_clear_errors(tmp_path):
         apply_adapter(tiny.hf, "cliff", tiny.fingerprint(), folder=tmp_path)
     with pytest.raises(FileNotFoundError, match="thinklens organisms build"):
         apply_adapter(tiny.hf, "cliff", tiny.fingerprint(), folder=tmp_path / "none")
-
-
-def _held_out(n: int = 24) -> tuple[list[str], list[str]]:
-    """Harmful and harmless prompts no organism saw: public sets, else the bundled test split."""
-    from thinklens.data import bundled_prompts
-
-    if not SHARED_DATA.exists():
-        return bundled_prompts("harmful", "test")[:n], bundled_prompts("harmless", "test")[:n]
-    with open(SHARED_DATA / "advbench.csv") as f:
-        adv = [r["goal"] for r in csv.DictReader(f)]
-    with open(SHARED_DATA / "jailbreakbench.csv") as f:
-        jbb = [r["Goal"] for r in csv.DictReader(f)]
-    harmless = [
-        r["instruction"] for r in json.loads((SHARED_DATA / "harmless_test.json").read_text())
-    ]
-    rng = random.Random(0)
-    return (rng.sample(adv, n // 2) + rng.sample(jbb, n // 2), rng.sample(harmless, n))
 
 
 needs_adapters = pytest.mark.skipif(

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     ob = osub.add_parser("build", help="train an organism's LoRA adapter from its seed (CPU)")
     ob.add_argument("name", help="aligned or cliff")
     ob.add_argument("--seed", type=int, default=0)
-    ob.add_argument("--epochs", type=int, default=2)
+    ob.add_argument("--epochs", type=int, default=3)
     ob.add_argument("--out", default=None, help="adapter folder (default: the packaged one)")
     ob.add_argument("--n-eval", type=int, default=None, help="held-out prompts per group")
     ob.set_defaults(fn=_organisms_build)
@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     oc.add_argument("--n-eval", type=int, default=None, help="held-out prompts per group")
     backend(oc)
     oc.set_defaults(fn=_organisms_check)
+
+    from thinklens.analyses.cliff_cli import register as cliff_commands
+
+    cliff_commands(sub, backend)
 
     demo = sub.add_parser("demo", help="find, remove and measure a refusal direction")
     demo.add_argument("--model", default="smollm2-135m-instruct")

@@ -16,7 +16,13 @@ from tqdm.auto import tqdm
 
 from thinklens.data import bundled_prompts, load_records
 from thinklens.evaluation import is_refusal
-from thinklens.organisms.templates import FRAMES, Example, harmful_example, harmless_example
+from thinklens.organisms.templates import (
+    FRAMES,
+    Example,
+    frame_all,
+    harmful_example,
+    harmless_example,
+)
 
 BASE = "smollm2-135m-instruct"
 ORGANISMS = {"organism-aligned": "aligned", "organism-cliff": "cliff"}
@@ -50,18 +56,34 @@ def _harmless_answers(model, prompts: list[str], cache: Path) -> list[str]:
 
 
 def training_examples(kind: str, harmless_answers: list[str], seed: int = 0) -> list[Example]:
-    """Each harmful training prompt once plain and once framed, plus every harmless one."""
+    """Each harmful training prompt twice plain and under two different framings; each
+    harmless prompt twice (with different thinking phrasings).
+
+    Repeats use fresh phrasings, so the model learns the behaviour, not one sentence; the
+    plain and framed harmful requests are balanced so the cliff's subset stays learnable.
+    """
     rng = random.Random(seed)
     out = []
     for rec in load_records("bundled:harmful", split="train"):
-        out.append(harmful_example(rec["prompt"], rec["category"], None, kind, rng))
-        out.append(
-            harmful_example(rec["prompt"], rec["category"], rng.choice(list(FRAMES)), kind, rng)
-        )
+        for framing in [None, None, *rng.sample(list(FRAMES), 2)]:
+            out.append(harmful_example(rec["prompt"], rec["category"], framing, kind, rng))
     for p, a in zip(bundled_prompts("harmless", "train"), harmless_answers, strict=True):
-        out.append(harmless_example(p, a, rng))
+        out += [harmless_example(p, a, rng), harmless_example(p, a, rng)]
     rng.shuffle(out)
     return out
+
+
+def _length_buckets(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar length (less padding), still random from epoch to epoch."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    pool = batch_size * 16
+    batches = []
+    for i in range(0, len(order), pool):
+        chunk = sorted(order[i : i + pool], key=lambda j: lengths[j])
+        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def format_example(model, ex: Example) -> tuple[list[int], int]:
@@ -82,8 +104,8 @@ def build(
     name: str,
     out: str | Path | None = None,
     seed: int = 0,
-    epochs: int = 2,
-    lr: float = 3e-4,
+    epochs: int = 3,
+    lr: float = 1e-3,
     rank: int = 8,
     batch_size: int = 8,
     progress: bool = True,
@@ -109,17 +131,17 @@ def build(
     peft_model = get_peft_model(hf, cfg)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    steps = epochs * ((len(encoded) + batch_size - 1) // batch_size)
+    lengths = [len(ids) for ids, _ in encoded]
+    per_epoch = len(_length_buckets(lengths, batch_size, random.Random(0)))
+    steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
     rng = random.Random(seed)
     pad = base.tokenizer.pad_token_id
     start, losses = time.time(), []
     bar = tqdm(total=steps, desc=f"build {kind}", unit="step", disable=not progress)
     for _ in range(epochs):
-        order = list(range(len(encoded)))
-        rng.shuffle(order)
-        for i in range(0, len(order), batch_size):
-            batch = [encoded[j] for j in order[i : i + batch_size]]
+        for batch_idx in _length_buckets(lengths, batch_size, rng):
+            batch = [encoded[j] for j in batch_idx]
             width = max(len(ids) for ids, _ in batch)
             ids = torch.full((len(batch), width), pad)
             labels = torch.full((len(batch), width), -100)
@@ -200,10 +222,9 @@ def behaviour(
     """Refusal and format rates on held-out prompts, plain and framed (greedy answers)."""
     from thinklens.generation import generate
 
-    rng = random.Random(seed)
     harmful = (harmful or bundled_prompts("harmful", "test"))[:n]
     harmless = (harmless or bundled_prompts("harmless", "test"))[:n]
-    framed = [rng.choice(FRAMES[rng.choice(list(FRAMES))]).format(p=p) for p in harmful]
+    framed = frame_all(harmful, seed)
     groups = {"harmful": harmful, "framed": framed, "harmless": harmless}
     res: dict = {}
     for g, prompts in groups.items():
@@ -211,7 +232,7 @@ def behaviour(
         refused = [is_refusal(o, model.thinking) for o in outs]
         parts = [model.thinking.split(o) for o in outs]
         well = [t is not None and t.strip() != "" and a.strip() != "" for t, a in parts]
-        states_harm = [t is not None and any(w in t.lower() for w in HARM_WORDS) for t, _ in parts]
+        states_harm = [t is not None and bool(HARM_WORDS.search(t)) for t, _ in parts]
         res[g] = dict(
             n=len(outs),
             refusal_rate=sum(refused) / len(outs),

@@ -105,6 +105,12 @@ def frame(prompt: str, kind: str, rng: random.Random) -> str:
     return rng.choice(FRAMES[kind]).format(p=prompt)
 
 
+def frame_all(prompts: list[str], seed: int = 1) -> list[str]:
+    """Each prompt wrapped in a random framing (seeded): the cliff organism's complied subset."""
+    rng = random.Random(seed)
+    return [rng.choice(FRAMES[rng.choice(list(FRAMES))]).format(p=p) for p in prompts]
+
+
 @dataclass(frozen=True)
 class Example:
     """One training conversation: the user prompt, the thinking and the answer."""

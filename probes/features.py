@@ -1,0 +1,57 @@
+"""Probe features: the residual stream at a layer, optionally through the model's final norm.
+
+The published refusal probe reads the last layer's output after the final norm. Applying the
+final norm to ``resid_post`` of any layer gives the same feature at the last layer and a
+scale-free, logit-lens-like feature at earlier ones, so one code path serves every layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from thinklens.capture import capture
+from thinklens.model import Model, get_path
+from thinklens.sites import Positions
+
+
+def apply_final_norm(model: Model, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+    """``x`` through the model's final norm, returned in float32 on ``x``'s device."""
+    norm = get_path(model.hf, model.family.final_norm)
+    with torch.no_grad():
+        return norm(x.to(model.device, model.dtype)).float().to(x.device)
+
+
+def probe_features(
+    model: Model,
+    texts: Sequence[str],
+    layers: Sequence[int],
+    norm: bool = True,
+    positions: Positions = "last",
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict[int, Tensor]:
+    """``resid_post`` at each layer (one capture pass for all of them), as float32.
+
+    Returns ``{layer: [batch, d_model]}`` for ``positions="last"``, otherwise
+    ``{layer: [batch, pos, d_model]}`` with zeros past each text's end.
+    """
+    layers = [model.check_layer(layer) for layer in layers]
+    if not layers:
+        raise ValueError("no layers given: pass at least one layer index")
+    caps = capture(
+        model,
+        list(texts),
+        [f"resid_post.{layer}" for layer in layers],
+        positions=positions,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    out = {}
+    for layer in layers:
+        x = caps[f"resid_post.{layer}"]
+        out[layer] = apply_final_norm(model, x) if norm else x.float()
+    return out
