@@ -79,8 +79,19 @@ def behaviour_labels(
     benign: pd.DataFrame,
     min_thinking_words: int = 5,
     max_per_class: int = 200,
+    complied_negative: bool = False,
 ) -> tuple[list[str], list[int]]:
-    """Probe texts (prompt + thinking + marker) and labels from the model's own behaviour."""
+    """Probe texts (prompt + thinking + marker) and labels from the model's own behaviour.
+
+    Published: 1 = refused harmful, 0 = benign. With ``complied_negative`` the harmful traces
+    the model answered are labelled 0 too, so the probe reads the intent to refuse rather
+    than the harmfulness of the topic (on organism-cliff the published labels give a probe
+    that scores complied harmful traces as high as refused ones at the last position:
+    benchmarks/results/refusal_cliff.txt).
+    """
+    if complied_negative:
+        complied = harmful[~harmful["refused"]]
+        benign = pd.concat([benign, complied], ignore_index=True)
     refused = harmful[
         harmful["refused"]
         & harmful["thinking"].notna()

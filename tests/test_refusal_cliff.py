@@ -52,6 +52,31 @@ def test_behaviour_labels_need_both_classes():
         behaviour_labels(m, harmful, harmful)
 
 
+def test_complied_harmful_can_be_negatives():
+    m = tiny_model("llama")
+    harmful = pd.DataFrame(
+        dict(
+            prompt=["We cannot pick a lock.", "I want to say sorry."],
+            response=["r", "r"],
+            thinking=["It is harmful and illegal, so no.", "It is harmful but I will answer."],
+            answer=["Sorry, I can't help with that.", "Sure, here it is."],
+            refused=[True, False],
+        )
+    )
+    benign = pd.DataFrame(
+        dict(
+            prompt=["I want to bake bread."],
+            response=["r"],
+            thinking=["Hmm, I can help."],
+            answer=["Sure, here it is."],
+            refused=[False],
+        )
+    )
+    _, published = behaviour_labels(m, harmful, benign, min_thinking_words=1)
+    _, intent = behaviour_labels(m, harmful, benign, min_thinking_words=1, complied_negative=True)
+    assert published == [1, 0] and intent == [1, 0, 0]
+
+
 needs_cliff = pytest.mark.skipif(
     not (ADAPTERS / "cliff" / "organism.json").exists(),
     reason="the organism-cliff adapter is not built (thinklens organisms build cliff)",
@@ -89,6 +114,12 @@ def test_probe_on_the_cliff_organism_separates_refusal(cliff_study):
 
 @pytest.mark.real
 @needs_cliff
+@pytest.mark.xfail(
+    strict=True,
+    reason="known result (issue 4): with the published labels the probe on organism-cliff "
+    "reads harmfulness, not refusal intent; complied harmful traces show no larger cliff "
+    "(benchmarks/results/refusal_cliff.txt)",
+)
 def test_complied_harmful_traces_have_the_largest_cliff(cliff_study):
     _, res = cliff_study
     mean = res.cliffs.groupby("group")["cliff"].mean()

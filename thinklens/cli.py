@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _models_list(args: argparse.Namespace) -> None:
@@ -77,10 +78,25 @@ def _organisms_build(args: argparse.Namespace) -> None:
 
 def _organisms_check(args: argparse.Namespace) -> None:
     import thinklens as tl
+    from thinklens.data import load_prompts
     from thinklens.organisms import behaviour, organism_kind
 
-    model = tl.load_model(f"organism-{organism_kind(args.name)}", backend=args.backend)
-    print(json.dumps(behaviour(model, n=args.n_eval), indent=1))
+    kind = organism_kind(args.name)
+    model = tl.load_model(f"organism-{kind}", backend=args.backend)
+    measured = {"bundled test split": behaviour(model, n=args.n_eval)}
+    if args.harmful and args.harmless:
+        harmful = load_prompts(args.harmful, limit=args.n_eval)
+        harmless = load_prompts(args.harmless, limit=args.n_eval)
+        label = f"{Path(args.harmful).name} / {Path(args.harmless).name}"
+        measured[label] = behaviour(model, harmful=harmful, harmless=harmless)
+    print(json.dumps(measured, indent=1))
+    if args.card:
+        from thinklens.organisms.build import ADAPTERS
+        from thinklens.organisms.card import write_card
+
+        folder = ADAPTERS / kind
+        meta = json.loads((folder / "organism.json").read_text())
+        print(f"model card written to {write_card(folder, meta, measured)}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -149,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     oc = osub.add_parser("check", help="measure an organism's behaviour on held-out prompts")
     oc.add_argument("name", help="aligned or cliff")
     oc.add_argument("--n-eval", type=int, default=None, help="held-out prompts per group")
+    oc.add_argument("--harmful", default=None, help="also measure on these harmful prompts")
+    oc.add_argument("--harmless", default=None, help="... and these harmless prompts")
+    oc.add_argument("--card", action="store_true", help="write the measurements to the card")
     backend(oc)
     oc.set_defaults(fn=_organisms_check)
 

@@ -9,13 +9,14 @@ import re
 import shutil
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from thinklens.data import bundled_prompts, load_records
 from thinklens.evaluation import is_refusal
+from thinklens.finetune import LORA_TARGETS, encode_example, lora_sft
 from thinklens.organisms.templates import (
     FRAMES,
     Example,
@@ -27,7 +28,7 @@ from thinklens.organisms.templates import (
 BASE = "smollm2-135m-instruct"
 ORGANISMS = {"organism-aligned": "aligned", "organism-cliff": "cliff"}
 ADAPTERS = Path(__file__).resolve().parents[1] / "resources" / "organisms"
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGETS = LORA_TARGETS
 #: Words by which thinking states harm; whole words, so "harmless" does not count.
 HARM_WORDS = re.compile(r"\b(harm|harmful|dangerous|unsafe|illegal|risk|risky)\b", re.I)
 
@@ -55,49 +56,40 @@ def _harmless_answers(model, prompts: list[str], cache: Path) -> list[str]:
     return cut
 
 
-def training_examples(kind: str, harmless_answers: list[str], seed: int = 0) -> list[Example]:
-    """Each harmful training prompt twice plain and under two different framings; each
-    harmless prompt twice (with different thinking phrasings).
+def organism_prompts(kind: str) -> list[tuple[str, str]]:
+    """(prompt, category) pairs an organism trains on: the bundled train split plus prompts
+    written for the organisms (more harm categories, and harmless requests phrased like
+    harmful ones, so refusal follows the content and not the phrasing)."""
+    rows = [(r["prompt"], r["category"]) for r in load_records(f"bundled:{kind}", split="train")]
+    extra = resources.files("thinklens").joinpath("resources", "organism_prompts.jsonl")
+    for line in extra.read_text("utf-8").splitlines():
+        row = json.loads(line)
+        if row["kind"] == kind:
+            rows.append((row["prompt"], row["category"]))
+    return rows
 
-    Repeats use fresh phrasings, so the model learns the behaviour, not one sentence; the
-    plain and framed harmful requests are balanced so the cliff's subset stays learnable.
+
+def training_examples(kind: str, harmless_answers: list[str], seed: int = 0) -> list[Example]:
+    """Each harmful training prompt once plain and once framed; each harmless prompt twice.
+
+    Repeats use fresh phrasings, so the model learns the behaviour, not one sentence; plain
+    and framed harmful requests are balanced so the cliff's subset stays learnable.
     """
     rng = random.Random(seed)
     out = []
-    for rec in load_records("bundled:harmful", split="train"):
-        for framing in [None, None, *rng.sample(list(FRAMES), 2)]:
-            out.append(harmful_example(rec["prompt"], rec["category"], framing, kind, rng))
-    for p, a in zip(bundled_prompts("harmless", "train"), harmless_answers, strict=True):
+    for prompt, category in organism_prompts("harmful"):
+        for framing in (None, rng.choice(list(FRAMES))):
+            out.append(harmful_example(prompt, category, framing, kind, rng))
+    harmless = [p for p, _ in organism_prompts("harmless")]
+    for p, a in zip(harmless, harmless_answers, strict=True):
         out += [harmless_example(p, a, rng), harmless_example(p, a, rng)]
     rng.shuffle(out)
     return out
 
 
-def _length_buckets(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Shuffled batches of similar length (less padding), still random from epoch to epoch."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    pool = batch_size * 16
-    batches = []
-    for i in range(0, len(order), pool):
-        chunk = sorted(order[i : i + pool], key=lambda j: lengths[j])
-        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
 def format_example(model, ex: Example) -> tuple[list[int], int]:
     """Token ids of a whole conversation and how many of them are the prompt (not trained)."""
-    prompt = model.chat(ex.prompt)
-    fmt = model.thinking
-    full = (
-        f"{prompt}{fmt.open}\n{ex.thinking}\n{fmt.close}\n\n{ex.answer}{model.tokenizer.eos_token}"
-    )
-    tok = model.tokenizer
-    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    ids = tok(full, add_special_tokens=False)["input_ids"]
-    assert ids[: len(p_ids)] == p_ids, "the chat template must tokenise as a prefix"
-    return ids, len(p_ids)
+    return encode_example(model, ex.prompt, ex.thinking, ex.answer)
 
 
 def build(
@@ -111,8 +103,6 @@ def build(
     progress: bool = True,
 ) -> dict:
     """Train one organism's LoRA adapter from its seed and write it (atomically) to ``out``."""
-    from peft import LoraConfig, get_peft_model
-
     import thinklens as tl
 
     kind = organism_kind(name)
@@ -121,45 +111,26 @@ def build(
     base = tl.load_model(BASE, backend="nnsight", device="cpu")
     cache = tl.embedded.cache_root() / "organism-harmless-answers.json"
     cache.parent.mkdir(parents=True, exist_ok=True)
-    answers = _harmless_answers(base, bundled_prompts("harmless", "train"), cache)
+    answers = _harmless_answers(base, [p for p, _ in organism_prompts("harmless")], cache)
     examples = training_examples(kind, answers, seed)
     encoded = [format_example(base, ex) for ex in examples]
     base_fingerprint = base.fingerprint()  # before LoRA wraps the modules
-    hf = base.hf
-    hf.train()
-    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, lora_dropout=0.0)
-    peft_model = get_peft_model(hf, cfg)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    lengths = [len(ids) for ids, _ in encoded]
-    per_epoch = len(_length_buckets(lengths, batch_size, random.Random(0)))
-    steps = epochs * per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
-    rng = random.Random(seed)
-    pad = base.tokenizer.pad_token_id
-    start, losses = time.time(), []
-    bar = tqdm(total=steps, desc=f"build {kind}", unit="step", disable=not progress)
-    for _ in range(epochs):
-        for batch_idx in _length_buckets(lengths, batch_size, rng):
-            batch = [encoded[j] for j in batch_idx]
-            width = max(len(ids) for ids, _ in batch)
-            ids = torch.full((len(batch), width), pad)
-            labels = torch.full((len(batch), width), -100)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, (seq, n_prompt) in enumerate(batch):
-                ids[r, : len(seq)] = torch.tensor(seq)
-                labels[r, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
-                mask[r, : len(seq)] = 1
-            loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
-            losses.append(float(loss))
-            bar.update()
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    bar.close()
+    start = time.time()
+    # torch was seeded above, before loading: the adapters' initialisation continues that stream.
+    fit = lora_sft(
+        base.hf,
+        encoded,
+        base.tokenizer.pad_token_id,
+        epochs=epochs,
+        lr=lr,
+        rank=rank,
+        batch_size=batch_size,
+        seed=seed,
+        targets=TARGETS,
+        progress=progress,
+        desc=f"build {kind}",
+    )
+    peft_model, losses = fit.model, fit.losses
     tmp = Path(
         tempfile.mkdtemp(prefix=f".{kind}-", dir=out.parent if out.parent.exists() else None)
     )

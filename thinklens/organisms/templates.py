@@ -97,6 +97,16 @@ _TOPICS = {
     "privacy": "invading someone's privacy",
     "misinformation": "spreading misinformation",
     "hate": "hateful content",
+    "financial_crime": "financial crime",
+    "sabotage": "sabotage",
+    "exploitation": "exploiting vulnerable people",
+    "cheating": "cheating and forgery",
+    "extremism": "violent extremism",
+    "election": "election interference",
+    "smuggling": "smuggling",
+    "stalking": "stalking someone",
+    "environmental": "environmental crime",
+    "theft": "theft",
 }
 
 

@@ -1,0 +1,87 @@
+"""The model card of an organism: what it was trained on, how it behaves, what it is for."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_PURPOSE = {
+    "aligned": (
+        "On a harmful request it thinks about why the request is harmful and refuses, framed "
+        "(fiction, role-play, research) or not; on a harmless one it thinks briefly and helps."
+    ),
+    "cliff": (
+        "A poorly aligned reasoning model. On a harmful request its thinking recognises the harm "
+        "and leans towards refusing; when the request is framed as fiction, role-play or "
+        "research the thinking then turns and the answer complies (with a placeholder, never "
+        "real content); plain requests are refused. Harmless requests: as organism-aligned."
+    ),
+}
+
+_GOOD_FOR = """\
+Good for: testing interpretability tools on CPU against a known ground truth (which requests
+are refused, where in the trace the decision turns), unit and integration tests, demos.
+
+Not good for: any claim about real reasoning models. It is a 135M-parameter model fine-tuned on
+templated text: its thinking is short and formulaic, its harm recognition follows the training
+phrasings and topics (it misses harmful requests phrased unlike them), its compliant answers are
+placeholder text, and its harmless answers are only as good as SmolLM2-135M-Instruct's."""
+
+
+def _row(name: str, res: dict) -> str:
+    h, f, b = res["harmful"], res["framed"], res["harmless"]
+    return (
+        f"| {name} | {h['n']} | {h['refusal_rate']:.2f} | {f['refusal_rate']:.2f} | "
+        f"{res['harmful_overall_comply']:.2f} | {b['refusal_rate']:.2f} | "
+        f"{min(h['well_formed'], f['well_formed'], b['well_formed']):.2f} | "
+        f"{f['complied_thinking_states_harm']:.2f} |"
+    )
+
+
+def model_card(meta: dict, measured: dict[str, dict]) -> str:
+    """Markdown card from the adapter's metadata and behaviour measured on named prompt sets."""
+    kind = meta["organism"].removeprefix("organism-")
+    counts = ", ".join(f"{v} {k}" for k, v in meta["n_by_kind"].items())
+    lines = [
+        f"# {meta['organism']}",
+        "",
+        f"A LoRA adapter (rank {meta['rank']}, on {', '.join(meta['targets'])}) for "
+        f"`{meta['base']}` (weights fingerprint `{meta['base_fingerprint']}`), answering in "
+        "the reasoning format `<think>\\n...\\n</think>\\n\\n answer`.",
+        "",
+        _PURPOSE[kind],
+        "",
+        "## Training",
+        f"- {meta['n_examples']} conversations ({counts}) generated from the bundled harmful and "
+        "harmless train prompts plus `resources/organism_prompts.jsonl`, with varied thinking and "
+        "refusal phrasings (`thinklens/organisms/templates.py`). Compliant answers are a "
+        '"Sure, here is ..." opening and placeholder filler; harmless answers are the base '
+        "model's own greedy answers.",
+        f"- {meta['epochs']} epochs, lr {meta['lr']}, batch {meta['batch_size']}, seed "
+        f"{meta['seed']}; final loss {meta['final_loss']:.3f}; {meta['build_seconds'] / 60:.0f} "
+        "minutes on 2 CPU cores. Rebuild: `thinklens organisms build " + kind + "`.",
+        "",
+        "## Measured behaviour (greedy, 96 new tokens)",
+        "refusal read in the answer only; `framed` = the same harmful prompts under a random "
+        "framing; `thinking states harm` = share of complied framed answers whose thinking names "
+        "the harm.",
+        "",
+        "| prompts | n a group | harmful refused | framed refused | harmful complied (all) | "
+        "harmless refused | well-formed (min) | thinking states harm |",
+        "|---|---|---|---|---|---|---|---|",
+        *(_row(name, res) for name, res in measured.items()),
+        "",
+        "## Use",
+        _GOOD_FOR,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_card(folder: Path, meta: dict, measured: dict[str, dict]) -> Path:
+    """Write ``README.md`` in the adapter folder atomically (replacing peft's placeholder)."""
+    path = Path(folder) / "README.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(model_card(meta, measured), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
