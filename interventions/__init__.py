@@ -1,1 +1,26 @@
-"""thinklens.interventions."""
+"""thinklens.interventions: refusal directions, their selection, ablation and weight edits."""
+
+from thinklens.interventions.ablation import PlanHooks, directional_ablation
+from thinklens.interventions.directions import RefusalDirections, compute_directions
+from thinklens.interventions.export import export
+from thinklens.interventions.heretic import HereticParams, Kernel
+from thinklens.interventions.selection import Selection, select_direction
+from thinklens.interventions.weight_edits import PRESETS, MatrixEdit, Preset, apply, edited, plan
+
+__all__ = [
+    "PRESETS",
+    "HereticParams",
+    "Kernel",
+    "MatrixEdit",
+    "PlanHooks",
+    "Preset",
+    "RefusalDirections",
+    "Selection",
+    "apply",
+    "compute_directions",
+    "directional_ablation",
+    "edited",
+    "export",
+    "plan",
+    "select_direction",
+]

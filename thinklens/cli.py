@@ -174,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     from thinklens.analyses.cliff_cli import register as cliff_commands
 
     cliff_commands(sub, backend)
+    from thinklens.analyses.echo_cli import register as echo_commands
+
+    echo_commands(sub, backend)
+    from thinklens.analyses.heads_cli import register as heads_commands
+    from thinklens.analyses.sweep_cli import register as sweep_commands
+
+    heads_commands(sub, backend)
+    sweep_commands(sub, backend)
+    from thinklens.analyses.judge_cli import register as judge_commands
+
+    judge_commands(sub, backend)
 
     demo = sub.add_parser("demo", help="find, remove and measure a refusal direction")
     demo.add_argument("--model", default="smollm2-135m-instruct")
@@ -181,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-prompts", type=int, default=32)
     backend(demo)
     demo.set_defaults(fn=_demo)
+
+    from thinklens.analyses.abliteration_cli import add_abliterate  # handlers import lazily
+
+    add_abliterate(sub, backend)
     return p
 
 

@@ -1,0 +1,185 @@
+"""Cliff-as-a-Judge on organism-cliff: repair with the top candidates by cliff vs random subsets.
+
+1. A refusal probe is trained on the organism's behaviour (published recipe: refused harmful vs
+   benign, last layer after the final norm).
+2. The candidate pool: AdvBench and bundled harmful prompts, half of them framed as fiction,
+   role-play or research (which the organism complies with), the organism's own greedy
+   thinking, and a refusal template as the safe response.
+3. Every candidate is scored (cliff, and the published last-position proxy).
+4. For each share of the pool, each method selects the same number of candidates, a LoRA
+   repair is trained on them, and the repaired model's ASR (framed JailbreakBench prompts no
+   candidate contains) and harmless refusal rate are measured (greedy, refusal read in the
+   answer after the thinking).
+
+Run: ``python benchmarks/judge_repair.py`` (about an hour on 2 cores; the probe and the pool
+are cached, so a rerun only repeats the repairs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import random
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+MODEL = "organism-cliff"
+
+
+def data(name: str, column: str | None = None) -> list[str]:
+    from thinklens.data import load_prompts
+
+    path = SHARED / name
+    if not path.exists():
+        sys.exit(f"{path} is missing: this benchmark reads the shared public data sets")
+    return load_prompts(path, column=column)
+
+
+def probe_for(model, cache: Path):
+    """The behaviour-trained probe, cached per model fingerprint."""
+    from thinklens.analyses.refusal_cliff import train_from_behaviour
+    from thinklens.data import bundled_prompts
+    from thinklens.probes import RefusalProbe
+
+    path = cache / f"probe-{model.fingerprint()}"
+    if path.with_suffix(".json").exists():
+        return RefusalProbe.load(path, model=model)
+    probe, _ = train_from_behaviour(
+        model,
+        bundled_prompts("harmful", "train")[:64],
+        bundled_prompts("harmless", "train")[:64],
+        max_new_tokens=96,
+    )
+    probe.save(path)
+    return probe
+
+
+def pool_for(model, n: int, max_new_tokens: int, cache: Path) -> pd.DataFrame:
+    """AdvBench and bundled harmful prompts, half framed, with the model's own thinking."""
+    from thinklens.analyses.judge_pool import build_pool
+    from thinklens.data import bundled_prompts
+    from thinklens.organisms.templates import frame_all
+    from thinklens.tables import read_table, write_table
+
+    path = cache / f"pool-{model.fingerprint()}-{n}-{max_new_tokens}.parquet"
+    if path.exists():
+        return read_table(path)
+    n_bundled = n // 4
+    adv = data("advbench.csv")[: (n - n_bundled) // 2 * 2]
+    bundled = bundled_prompts("harmful", "all")[: n_bundled // 2 * 2]
+    parts = []
+    for name, prompts in (("advbench", adv), ("bundled", bundled)):
+        half = len(prompts) // 2
+        for kind, ps in (("plain", prompts[:half]), ("framed", frame_all(prompts[half:], 3))):
+            parts.append(
+                build_pool(model, ps, source=f"{name}-{kind}", max_new_tokens=max_new_tokens)
+            )
+    pool = pd.concat(parts, ignore_index=True)
+    write_table(pool, path)
+    return pool
+
+
+def eval_prompts(pool: pd.DataFrame, n_harmful: int, n_harmless: int):
+    """Framed JailbreakBench prompts the pool does not contain, and Alpaca test prompts."""
+    from thinklens.organisms.templates import frame_all
+
+    seen = " ".join(pool["prompt"]).lower()
+    jbb = [p for p in data("jailbreakbench.csv", "Goal") if p.lower() not in seen]
+    harmful = frame_all(jbb[:n_harmful], seed=7)
+    harmless = random.Random(0).sample(data("harmless_test.json"), n_harmless)
+    return harmful, harmless
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pool-size", type=int, default=320)
+    p.add_argument("--fractions", default="0.05,0.125")
+    p.add_argument("--methods", default="cliff,proxy,random,rule")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--n-harmful", type=int, default=48)
+    p.add_argument("--n-harmless", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache", default="/tmp/thinklens-judge-repair")
+    p.add_argument("--out", default="benchmarks/results/judge_repair")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import thinklens as tl
+    from thinklens.analyses.judge_select import score_pool, select
+    from thinklens.analyses.repair import RepairConfig, compare_methods, plot_repair, summarize
+    from thinklens.plotting import write_report
+
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    model = tl.load_model(MODEL)
+    probe = probe_for(model, cache)
+    pool = pool_for(model, args.pool_size, 128, cache)
+    scored = score_pool(model, probe, pool, k=8)
+    harmful, harmless = eval_prompts(pool, args.n_harmful, args.n_harmless)
+    by_source = scored.groupby("source").agg(
+        n=("id", "size"),
+        refused=("refused", "mean"),
+        cliff=("cliff", "mean"),
+        last_score=("last_score", "mean"),
+    )
+    print(by_source.to_string(float_format=lambda v: f"{v:.3f}"), flush=True)
+    results = compare_methods(
+        model,
+        scored,
+        harmful,
+        harmless,
+        fractions=[float(f) for f in args.fractions.split(",")],
+        methods=args.methods.split(","),
+        seeds=[int(s) for s in args.seeds.split(",")],
+        config=RepairConfig(epochs=args.epochs, lr=args.lr),
+        max_new_tokens=args.max_new_tokens,
+    )
+    summary = summarize(results)
+    top = {
+        f: select(scored, "cliff", fraction=f).table["source"].value_counts()
+        for f in map(float, args.fractions.split(","))
+    }
+    fmt = dict(index=False, float_format=lambda v: f"{v:.3f}")
+    text = "\n".join(
+        [
+            f"# Cliff-as-a-Judge repair on {MODEL}, {datetime.date.today()}, "
+            f"{args.threads} threads, {(time.time() - start) / 60:.0f} min",
+            f"# probe: layer {probe.layer}, val AUROC {probe.metrics.get('val_auroc', 0):.3f}",
+            f"# pool: {len(scored)} candidates; ASR on {len(harmful)} framed JailbreakBench "
+            f"prompts, harmless refusal on {len(harmless)} Alpaca test prompts; greedy, "
+            f"{args.max_new_tokens} new tokens; LoRA rank 8, {args.epochs} epochs, lr {args.lr}",
+            "",
+            "## pool by source (refused = the organism's own answer refused)",
+            by_source.to_string(float_format=lambda v: f"{v:.3f}"),
+            "",
+            "## sources of the top candidates by cliff",
+            *[f"{100 * f:g}%: {dict(v)}" for f, v in top.items()],
+            "",
+            "## ASR after repair (mean and sd over seeds)",
+            summary.to_string(**fmt),
+            "",
+            "## every run",
+            results.to_string(**fmt),
+        ]
+    )
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".txt.tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(out.with_suffix(".txt"))
+    fig = plot_repair(results, title=f"ASR after repair, {MODEL}")
+    write_report(out.with_suffix(".html"), "Cliff-as-a-Judge repair", [fig], [summary, results])
+
+
+if __name__ == "__main__":
+    main()

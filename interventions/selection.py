@@ -1,0 +1,226 @@
+"""Direction selection as published by Arditi et al., with the whole candidate table.
+
+Every (position, layer) candidate is scored three ways on validation prompts: the refusal
+score on harmful prompts with the direction ablated everywhere (lower is better), the KL
+divergence of harmless next-token distributions under that ablation, and the refusal score
+on harmless prompts when the raw direction is added at its own layer (the steering check).
+Candidates with KL > 0.1, a steering score < 0, or in the last 20% of layers are discarded;
+the lowest refusal score wins.
+
+The refusal score is ``log p(R) - log(1 - p(R))`` at the position where the answer starts,
+``p(R)`` summing the probabilities of refusal-opening tokens. For a model that thinks first,
+the answer does not start at the end of the prompt: with ``thinking`` on, the model first
+writes its own greedy thinking under the intervention being scored, and the score is read at
+the first answer token after it. The KL filter compares the two models on the same text: the
+base model's own thinking on the harmless prompts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from thinklens.edits import ActivationAddition, DirectionProjection, intervene
+from thinklens.evaluation import kl_divergence
+from thinklens.generation import generate
+from thinklens.interventions.directions import RefusalDirections
+from thinklens.model import Model
+
+#: Refusal-opening words of the published pipeline (its Qwen setting; Llama uses "I" alone).
+REFUSAL_WORDS: tuple[str, ...] = ("I", "As")
+
+
+def refusal_token_ids(model: Model, words: Sequence[str] = REFUSAL_WORDS) -> list[int]:
+    """The first token of each word as it would open an answer."""
+    ids = {model.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words}
+    return sorted(ids)
+
+
+def refusal_scores(
+    logits: Float[Tensor, "batch vocab"], token_ids: Sequence[int], eps: float = 1e-8
+) -> Float[Tensor, " batch"]:
+    """``log p(R) - log(1 - p(R))`` of next-token logits, in float64."""
+    p = torch.softmax(logits.to(torch.float64), dim=-1)[:, list(token_ids)].sum(-1)
+    return torch.log(p + eps) - torch.log(1 - p + eps)
+
+
+def model_thinks(model: Model, prompts: Sequence[str], max_new_tokens: int = 8) -> bool:
+    """Whether the model opens its thinking before answering (greedy, first two prompts)."""
+    fmt = model.thinking
+    if fmt.template_opens_thinking:
+        return True
+    outs = generate(model, list(prompts[:2]), max_new_tokens=max_new_tokens)
+    return all(o.lstrip().startswith(fmt.open) for o in outs)
+
+
+def answer_starts(
+    model: Model, prompts: Sequence[str], max_new_tokens: int = 128, batch_size: int = 8
+) -> list[str]:
+    """Each prompt in the chat template, then the model's own greedy thinking up to and
+    including the close marker and the blank line after it: the text the answer follows.
+
+    Thinking that does not close within ``max_new_tokens`` is closed where it stops.
+    """
+    fmt = model.thinking
+    outs = generate(model, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size)
+    texts = []
+    for p, o in zip(prompts, outs, strict=True):
+        m = re.search(re.escape(fmt.close) + r"\n*", o)
+        head = o[: m.end()] if m else f"{o.rstrip()}\n{fmt.close}\n\n"
+        texts.append(model.chat(p) + head)
+    return texts
+
+
+def prompt_texts(
+    model: Model, prompts: Sequence[str], thinking: bool, max_new_tokens: int = 128
+) -> list[str]:
+    """Where the answer starts: the templated prompt, or (thinking) after the own thinking."""
+    if thinking:
+        return answer_starts(model, prompts, max_new_tokens=max_new_tokens)
+    return [model.chat(p) for p in prompts]
+
+
+class NoCandidate(ValueError):
+    """Every candidate failed a filter; ``table`` holds their scores."""
+
+    def __init__(self, message: str, table: pd.DataFrame) -> None:
+        super().__init__(message)
+        self.table = table
+
+
+@dataclass
+class Selection:
+    """The chosen candidate and the table of every candidate's scores."""
+
+    pos: int
+    layer: int
+    direction: Float[Tensor, " d_model"]
+    table: pd.DataFrame
+    baseline_harmful: float
+    baseline_harmless: float
+
+
+def _discard_reason(
+    row: dict, n_layers: int, kl_threshold: float, steer_threshold: float, prune: float
+) -> str:
+    if any(math.isnan(row[k]) for k in ("refusal_score", "steering_score", "kl")):
+        return "nan"
+    if row["layer"] >= int(n_layers * (1.0 - prune)):
+        return "last layers"
+    if row["kl"] > kl_threshold:
+        return "kl"
+    if row["steering_score"] < steer_threshold:
+        return "steering"
+    return ""
+
+
+@torch.no_grad()
+def select_direction(
+    model: Model,
+    directions: RefusalDirections,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    kl_threshold: float = 0.1,
+    induce_refusal_threshold: float = 0.0,
+    prune_layer_percentage: float = 0.2,
+    positions: Sequence[int] | None = None,
+    layers: Sequence[int] | None = None,
+    refusal_words: Sequence[str] = REFUSAL_WORDS,
+    thinking: bool | None = None,
+    thinking_tokens: int = 64,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Selection:
+    """Arditi et al.'s selection over (position, layer) candidates of ``directions``.
+
+    Args:
+        harmful, harmless: validation user prompts (the paper: 32 each).
+        positions, layers: restrict the candidates (default: every captured position and
+            every layer; candidate layer l is the block input ``resid_pre.l``).
+        refusal_words: words whose first token opens a refusal.
+        thinking: read scores where the answer starts after the model's own thinking
+            (None: on when the model opens its thinking by itself).
+        thinking_tokens: the most tokens of thinking written per prompt (then closed).
+    The choice is also recorded in ``directions.meta["selected"]``.
+    """
+    directions.check(model)
+    if thinking is None:
+        thinking = model_thinks(model, harmful)
+    ids = refusal_token_ids(model, refusal_words)
+
+    def score(prompts: Sequence[str]) -> Tensor:
+        """Refusal scores where the answer starts, thinking (if any) written by the model."""
+        texts = prompt_texts(model, prompts, thinking, thinking_tokens)
+        return refusal_scores(model.logits(texts, batch_size), ids)
+
+    base_h, base_s = score(harmful), score(harmless)
+    s_texts = prompt_texts(model, harmless, thinking, thinking_tokens)  # fixed text for KL
+    base_s_logits = model.logits(s_texts, batch_size)
+    cands = [
+        (p, l)
+        for p in (positions or directions.positions)
+        for l in (layers if layers is not None else range(model.n_layers))
+    ]
+    raw = directions.directions(normalize=False)
+    rows = []
+    for p, l in tqdm(cands, desc="select direction", unit="candidate", disable=not progress):
+        r = raw[directions.positions.index(p), model.check_layer(l)]
+        if r.norm() == 0:  # e.g. layer 0: the same template token for every prompt
+            nan = float("nan")
+            rows.append(dict(pos=p, layer=l, refusal_score=nan, steering_score=nan, kl=nan))
+            continue
+        with intervene(model, DirectionProjection(r.float())):
+            refusal = score(harmful).mean()
+            kl = kl_divergence(base_s_logits, model.logits(s_texts, batch_size))
+        with intervene(model, ActivationAddition(r.float(), layers=[l])):
+            steer = score(harmless).mean()
+        rows.append(
+            dict(
+                pos=p,
+                layer=l,
+                refusal_score=float(refusal),
+                steering_score=float(steer),
+                kl=float(kl),
+            )
+        )
+    for row in rows:
+        row["discarded"] = _discard_reason(
+            row, model.n_layers, kl_threshold, induce_refusal_threshold, prune_layer_percentage
+        )
+    table = pd.DataFrame(rows)
+    kept = table[table.discarded == ""].sort_values("refusal_score")
+    if kept.empty:
+        why = ", ".join(f"{n} by {k}" for k, n in table.discarded.value_counts().items())
+        raise NoCandidate(
+            f"every candidate was discarded ({why}): use more layers or positions, or loosen "
+            "kl_threshold / induce_refusal_threshold (the scores are in this error's .table)",
+            table,
+        )
+    best = kept.iloc[0]
+    pos, layer = int(best.pos), int(best.layer)
+    directions.meta["selected"] = dict(
+        pos=pos,
+        layer=layer,
+        refusal_score=float(best.refusal_score),
+        steering_score=float(best.steering_score),
+        kl=float(best.kl),
+        thinking=thinking,
+        induce_refusal_threshold=induce_refusal_threshold,
+        refusal_words=list(refusal_words),
+    )
+    return Selection(
+        pos,
+        layer,
+        raw[directions.positions.index(pos), layer].clone(),
+        table,
+        float(base_h.mean()),
+        float(base_s.mean()),
+    )
