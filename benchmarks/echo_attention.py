@@ -10,7 +10,7 @@
 Each way runs in a fresh subprocess (this script re-invoked with ``--only``), so one way's peak
 cannot hide another's; memory is the RSS high-water mark after the model is loaded and warmed
 up, minus the RSS then. The masses of the bounded ways are compared with the reference.
-Run: ``python benchmarks/echo_attention.py`` (about two minutes on 2 cores).
+Run: ``python benchmarks/echo_attention.py`` (six subprocesses; minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -127,6 +127,7 @@ def main() -> None:
     import torch
 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    load_start = os.getloadavg()[0]
     lines = [
         "thinklens echo attention-mass benchmark (benchmarks/echo_attention.py)",
         f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
@@ -159,6 +160,11 @@ def main() -> None:
                     f"{model_name:24s} {way:16s} {r['seconds']:8.2f} {r['peak_mb']:8.0f} "
                     f"{r['peak_mb'] / res['eager matrices']['peak_mb']:8.2f}x {diff:9.1e}"
                 )
+    lines.insert(
+        7,
+        f"load average at start {load_start:.2f}, at end {os.getloadavg()[0]:.2f} (other "
+        "processes on the machine slow every way; compare seconds within a run only)",
+    )
     write_results(lines, args.out)
 
 
