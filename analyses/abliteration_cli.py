@@ -27,7 +27,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 def _directions(args: argparse.Namespace) -> None:
     from thinklens.interventions.directions import compute_directions
-    from thinklens.interventions.selection import select_direction
+    from thinklens.interventions.selection import NoCandidate, select_direction
 
     model = _load(args)
     n_val = args.n_val if args.select else 0
@@ -44,7 +44,15 @@ def _directions(args: argparse.Namespace) -> None:
         winsorize_quantile=args.winsorize,
         batch_size=args.batch_size,
     )
-    if args.select:
+    path = dirs.save(args.out, overwrite=args.overwrite)  # saved before the long selection
+    print(
+        f"directions of {model.name} ({dirs.n_layers + 1} points x {len(dirs.positions)} "
+        f"positions) saved to {path}"
+    )
+    if not args.select:
+        return
+    csv = f"{str(args.out).removesuffix('.safetensors')}.candidates.csv"
+    try:
         sel = select_direction(
             model,
             dirs,
@@ -58,14 +66,12 @@ def _directions(args: argparse.Namespace) -> None:
             thinking={"auto": None, "on": True, "off": False}[args.thinking],
             batch_size=args.batch_size,
         )
-        csv = f"{str(args.out).removesuffix('.safetensors')}.candidates.csv"
-        sel.table.to_csv(csv, index=False)
-        print(f"selected position {sel.pos}, layer {sel.layer}; candidate table: {csv}")
-    path = dirs.save(args.out, overwrite=args.overwrite)
-    print(
-        f"directions of {model.name} ({dirs.n_layers + 1} points x {len(dirs.positions)} "
-        f"positions) saved to {path}"
-    )
+    except NoCandidate as err:
+        err.table.to_csv(csv, index=False)
+        raise ValueError(f"{err}; candidate table: {csv}") from None
+    sel.table.to_csv(csv, index=False)
+    dirs.save(args.out, overwrite=True)  # now with the selection in its metadata
+    print(f"selected position {sel.pos}, layer {sel.layer}; candidate table: {csv}")
 
 
 def _edit(args: argparse.Namespace, model: Any) -> tuple[Any, dict]:

@@ -78,12 +78,16 @@ def search(
     seed: int = 0,
     progress: bool = True,
     reload: Callable[[], Model] | None = None,
+    kl_objective: str = "auto",
 ) -> SearchResult:
     """Run (or resume) Heretic's search until the study holds ``n_trials`` finished trials.
 
     Args:
         metrics: measured on the base model once (``AbliterationMetrics.prepare``).
         storage: a SQLite path or Optuna URL (None keeps the study in memory).
+        kl_objective: ``"kl"`` (first generated token, Heretic's), ``"kl_answer"`` (first
+            answer token after the base model's thinking) or ``"auto"`` (the latter when the
+            model thinks first).
         reload: for comparison only: a function that loads the model from disk, called before
             every trial (the way the first published tool worked) instead of reusing ``model``.
     """
@@ -112,7 +116,13 @@ def search(
             f"study {study_name!r} in {storage} belongs to {study.user_attrs.get('model')} "
             f"(weights {owner}), not {model.name} ({fingerprint}): use another storage or name"
         )
-    kl_key = "kl_answer" if metrics.answer_texts is not None else "kl"
+    if kl_objective not in ("auto", "kl", "kl_answer"):
+        raise ValueError(f"kl_objective={kl_objective!r}: use 'auto', 'kl' or 'kl_answer'")
+    if kl_objective == "kl_answer" and metrics.answer_texts is None:
+        raise ValueError("kl_answer needs metrics prepared with thinking=True")
+    kl_key = kl_objective
+    if kl_objective == "auto":
+        kl_key = "kl_answer" if metrics.answer_texts is not None else "kl"
 
     def objective(trial: Any) -> tuple[float, float]:
         params = suggest(trial, model.n_layers)

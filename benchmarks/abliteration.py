@@ -123,7 +123,7 @@ def search_loops(args: argparse.Namespace) -> list[str]:
     base, base_s, base_other = timed(search, model, dirs, metrics, reload=reload, **kw)
     a = ours.trials.sort_values("trial").reset_index(drop=True)
     b = base.trials.sort_values("trial").reset_index(drop=True)
-    kl_key = "kl_answer" if "kl_answer" in a else "kl"
+    kl_key = "kl_answer" if a["kl_answer"].notna().all() else "kl"
     return [
         *header("search loop, one model vs a reload per trial", args),
         f"model: {args.model} (nnsight backend, float32); load {load_s:.1f} s; directions "
@@ -164,7 +164,7 @@ def presets(args: argparse.Namespace) -> list[str]:
     from thinklens.analyses.abliteration_search import search
     from thinklens.data import bundled_prompts
     from thinklens.interventions.directions import compute_directions
-    from thinklens.interventions.selection import select_direction
+    from thinklens.interventions.selection import NoCandidate, choose, select_direction
     from thinklens.interventions.weight_edits import PRESETS, apply
 
     start = time.perf_counter()
@@ -172,16 +172,22 @@ def presets(args: argparse.Namespace) -> list[str]:
     harm, harmless = bundled_prompts("harmful", "train"), bundled_prompts("harmless", "train")
     v = args.n_val
     dirs = compute_directions(model, harm[:-v], harmless[:-v])
-    layers = range(int(model.n_layers * 0.8))  # the last 20% are discarded by the filter anyway
-    sel = select_direction(
-        model,
-        dirs,
-        harm[-v:],
-        harmless[-v:],
-        positions=[-1],
-        layers=layers,
-        refusal_words=args.refusal_words,
-    )
+    # The last 20% of layers are discarded by the filter anyway.
+    layers = range(args.select_stride, int(model.n_layers * 0.8), args.select_stride)
+    try:
+        sel = select_direction(
+            model,
+            dirs,
+            harm[-v:],
+            harmless[-v:],
+            positions=[-1],
+            layers=layers,
+            refusal_words=args.refusal_words,
+        )
+        how = "every published filter"
+    except NoCandidate as err:  # keep the KL filter, drop the steering check
+        sel = choose(dirs, err.table, induce_refusal_threshold=-float("inf"))
+        how = f"no candidate passed every filter ({err}); chosen without the steering check"
     n_eval = args.n_eval or 40
     harmful_eval, source = held_out_harmful(n_eval)
     metrics = AbliterationMetrics.prepare(
@@ -193,8 +199,11 @@ def presets(args: argparse.Namespace) -> list[str]:
     gsm = load_gsm8k(SHARED / "gsm8k_test.jsonl", n=args.n_gsm8k) if SHARED.exists() else None
     found = search(model, dirs, metrics, n_trials=args.trials, n_startup_trials=args.startup_trials)
     kl_key = "kl_answer" if metrics.answer_texts is not None else "kl"
-    ok = found.pareto[found.pareto[kl_key] <= 0.1]
-    best = int((ok if not ok.empty else found.pareto).trial.iloc[0])
+    picks = {}  # the trial with the fewest refusals at each KL's bound of 0.1
+    for key in dict.fromkeys(["kl", kl_key]):
+        ok = found.trials[found.trials[key] <= 0.1].sort_values(["refusals", kl_key])
+        if not ok.empty:
+            picks[key] = int(ok.trial.iloc[0])
 
     rows = []
 
@@ -212,18 +221,21 @@ def presets(args: argparse.Namespace) -> list[str]:
         where = f", direction point {point}" if point is not None else ", default kernel"
         measure(name, new, f"layers {rec['layers'][0]}-{rec['layers'][-1]}{where}")
         del new
-    params = found.params(best)
-    measure("heretic (search)", apply(model, "heretic", dirs, params=params), f"trial {best}")
+    for key, trial in picks.items():
+        new = apply(model, "heretic", dirs, params=found.params(trial))
+        measure(f"heretic (search, {key} <= 0.1)", new, f"trial {trial}")
     table = pd.DataFrame(rows)
-    chosen = sel.table.set_index("layer").refusal_score[sel.layer]
     cols = ["preset", "refusals", "refusal_rate", "kl", kl_key, "gsm8k", "setting"]
     return [
         *header("every preset on one model", args),
         f"model: {args.model}; directions: {len(harm) - v} + {len(harmless) - v} bundled train "
         "prompts, post-instruction positions, float64",
-        f"selection (Arditi et al.): position -1, layers 0-{len(layers) - 1}, {v} + {v} "
-        f"validation prompts, refusal tokens {'/'.join(args.refusal_words)}, thinking-aware: "
-        f"layer {sel.layer} (refusal score {chosen:.2f}, baseline {sel.baseline_harmful:.2f})",
+        f"selection (Arditi et al.): position -1, layers {layers.start}-{layers.stop - 1} "
+        f"every {layers.step}, {v} + {v} validation prompts, refusal tokens "
+        f"{'/'.join(args.refusal_words)}, thinking-aware; baseline refusal score "
+        f"{sel.baseline_harmful:.2f} (harmful), {sel.baseline_harmless:.2f} (harmless); "
+        f"layer {sel.layer} by {how}",
+        *sel.table.to_string(index=False, float_format=lambda x: f"{x:.3f}").splitlines(),
         f"refusals: {len(harmful_eval)} held-out harmful prompts ({source}), greedy "
         f"{args.max_new_tokens} tokens, refusal markers read in the answer after the thinking",
         f"kl: KL(base || edited) of the first generated token on {n_eval} bundled harmless "
@@ -231,8 +243,10 @@ def presets(args: argparse.Namespace) -> list[str]:
         "thinking (teacher-forced)",
         f"gsm8k: accuracy on {args.n_gsm8k} GSM8K test questions (greedy, 256 tokens, last "
         "number of the answer)",
-        f"heretic (search): {args.trials} trials ({args.startup_trials} random start-up); the "
-        f"Pareto trial with the fewest refusals at {kl_key} <= 0.1: {json.dumps(params.to_dict())}",
+        f"heretic (search): {args.trials} trials ({args.startup_trials} random start-up) "
+        f"minimising {kl_key} and refusals; rows: the trial with the fewest refusals at each "
+        "KL <= 0.1; parameters: "
+        + "; ".join(f"trial {t}: {json.dumps(found.params(t).to_dict())}" for t in picks.values()),
         "",
         table[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"),
         "",
@@ -248,6 +262,7 @@ def main() -> None:
     p.add_argument("--startup-trials", type=int, default=10)
     p.add_argument("--n-eval", type=int, default=None, help="16 for timing, 40 for presets")
     p.add_argument("--n-val", type=int, default=16)
+    p.add_argument("--select-stride", type=int, default=1, help="candidate layers' spacing")
     p.add_argument("--refusal-words", nargs="+", default=["I", "Sorry"])
     p.add_argument("--n-gsm8k", type=int, default=20)
     p.add_argument("--max-new-tokens", type=int, default=100)

@@ -191,11 +191,35 @@ def select_direction(
                 kl=float(kl),
             )
         )
-    for row in rows:
-        row["discarded"] = _discard_reason(
-            row, model.n_layers, kl_threshold, induce_refusal_threshold, prune_layer_percentage
-        )
     table = pd.DataFrame(rows)
+    table.attrs = dict(
+        baseline_harmful=float(base_h.mean()),
+        baseline_harmless=float(base_s.mean()),
+        thinking=thinking,
+        refusal_words=list(refusal_words),
+    )
+    return choose(directions, table, kl_threshold, induce_refusal_threshold, prune_layer_percentage)
+
+
+def choose(
+    directions: RefusalDirections,
+    table: pd.DataFrame,
+    kl_threshold: float = 0.1,
+    induce_refusal_threshold: float = 0.0,
+    prune_layer_percentage: float = 0.2,
+) -> Selection:
+    """Apply the published filters to a scored candidate table and pick the lowest refusal
+    score (again with other thresholds, e.g. on the table of a ``NoCandidate`` error).
+
+    The choice is recorded in ``directions.meta["selected"]``.
+    """
+    table = table.copy()
+    table["discarded"] = [
+        _discard_reason(
+            row, directions.n_layers, kl_threshold, induce_refusal_threshold, prune_layer_percentage
+        )
+        for row in table.to_dict("records")
+    ]
     kept = table[table.discarded == ""].sort_values("refusal_score")
     if kept.empty:
         why = ", ".join(f"{n} by {k}" for k, n in table.discarded.value_counts().items())
@@ -212,15 +236,15 @@ def select_direction(
         refusal_score=float(best.refusal_score),
         steering_score=float(best.steering_score),
         kl=float(best.kl),
-        thinking=thinking,
+        kl_threshold=kl_threshold,
         induce_refusal_threshold=induce_refusal_threshold,
-        refusal_words=list(refusal_words),
+        **table.attrs,
     )
     return Selection(
         pos,
         layer,
-        raw[directions.positions.index(pos), layer].clone(),
+        directions.directions(normalize=False)[directions.positions.index(pos), layer].clone(),
         table,
-        float(base_h.mean()),
-        float(base_s.mean()),
+        table.attrs.get("baseline_harmful", float("nan")),
+        table.attrs.get("baseline_harmless", float("nan")),
     )

@@ -34,9 +34,12 @@ def test_directions_apply_search_export_evaluate(tiny_cli, tmp_path, capsys):
     small = ["--n", "6", "--backend", "nnsight"]
     assert main(["abliterate", "directions", "tiny", "--out", str(dirs), *small]) == 0
     assert RefusalDirections.load(dirs, tiny_cli).meta["n_harmful"] == 6
-    sel = ["--select", "--n-val", "2", "--induce-refusal-threshold=-1e9", "--kl-threshold", "9"]
+    sel = ["--select", "--n-val", "2", "--kl-threshold", "9", "--thinking", "off"]
     argv = ["abliterate", "directions", "tiny", "--out", str(dirs), *small, *sel, "--overwrite"]
-    assert main([*argv, "--thinking", "off"]) == 0
+    assert main(argv) == 2  # a random model fails the steering check: the table is kept
+    assert "candidate table" in capsys.readouterr().err
+    assert (tmp_path / "dirs.candidates.csv").exists()
+    assert main([*argv, "--induce-refusal-threshold=-1e9"]) == 0
     assert "selected position" in capsys.readouterr().out
     assert RefusalDirections.load(dirs).meta["selected"]["layer"] in (1,)
     assert (tmp_path / "dirs.candidates.csv").exists()

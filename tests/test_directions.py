@@ -14,7 +14,7 @@ from thinklens.interventions.directions import (
     stream_sites,
     winsorize,
 )
-from thinklens.interventions.selection import refusal_scores, select_direction
+from thinklens.interventions.selection import NoCandidate, choose, refusal_scores, select_direction
 from thinklens.testing import tiny_model
 
 HARMFUL = bundled_prompts("harmful", "train")[:6]
@@ -94,13 +94,11 @@ def test_artifact_round_trip_and_model_checks(tmp_path, dirs, tiny_pair):
 
 
 def test_selection_follows_the_published_filters(tiny, dirs):
-    kw = dict(thinking=False, progress=False)
-    with pytest.raises(ValueError, match="every candidate was discarded"):
+    with pytest.raises(NoCandidate, match="every candidate was discarded") as err:
         # A random model: every candidate fails the steering check, or has no direction.
-        select_direction(tiny, dirs, HARMFUL[:3], HARMLESS[:3], kl_threshold=float("inf"), **kw)
-    sel = select_direction(
-        tiny, dirs, HARMFUL[:3], HARMLESS[:3], kl_threshold=0.5, induce_refusal_threshold=-1e9, **kw
-    )
+        select_direction(tiny, dirs, HARMFUL[:3], HARMLESS[:3], thinking=False, progress=False)
+    # The scores come with the error: choose again with other thresholds, no recomputing.
+    sel = choose(dirs, err.value.table, kl_threshold=0.5, induce_refusal_threshold=-1e9)
     t = sel.table
     assert len(t) == len(dirs.positions) * tiny.n_layers
     assert set(t[t.layer == 0].discarded) == {"nan"}  # the same template token: no direction
@@ -140,3 +138,34 @@ def test_selection_scores_match_a_manual_computation(tiny, dirs):
     torch.testing.assert_close(
         refusal_scores(logits, ids), torch.log(p + 1e-8) - torch.log(1 - p + 1e-8)
     )
+
+
+def test_thinking_aware_selection_scores_after_the_models_own_thinking(tiny, dirs):
+    sel = select_direction(
+        tiny,
+        dirs,
+        HARMFUL[:2],
+        HARMLESS[:2],
+        layers=[1],
+        positions=[-1],
+        thinking=True,
+        thinking_tokens=3,
+        kl_threshold=float("inf"),
+        induce_refusal_threshold=-1e9,
+        progress=False,
+    )
+    assert sel.layer == 1 and dirs.meta["selected"]["thinking"] is True
+    # Without thinking the scores are read at the end of the prompt instead: they differ.
+    plain = select_direction(
+        tiny,
+        dirs,
+        HARMFUL[:2],
+        HARMLESS[:2],
+        layers=[1],
+        positions=[-1],
+        thinking=False,
+        kl_threshold=float("inf"),
+        induce_refusal_threshold=-1e9,
+        progress=False,
+    )
+    assert sel.baseline_harmful != plain.baseline_harmful
