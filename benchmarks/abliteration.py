@@ -74,10 +74,17 @@ def save(lines: list[str], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def held_out_harmful(n: int) -> tuple[list[str], str]:
-    """Harmful prompts no organism saw: AdvBench + JailbreakBench, else the bundled test split."""
+def held_out_harmful(n: int, which: str = "public") -> tuple[list[str], str]:
+    """Harmful prompts no organism saw: AdvBench + JailbreakBench (``public``, when the shared
+    data exist), or the bundled test split with every other prompt framed (``bundled``)."""
     from thinklens.data import bundled_prompts
+    from thinklens.organisms.templates import frame_all
 
+    if which == "bundled":
+        test = bundled_prompts("harmful", "test")[:n]
+        half = len(test) // 2
+        framed = frame_all(test[half:], seed=5)
+        return test[:half] + framed, "bundled harmful test split, half framed"
     if not SHARED.exists():
         return bundled_prompts("harmful", "test")[:n], "bundled harmful test split"
     with open(SHARED / "advbench.csv") as f:
@@ -189,7 +196,7 @@ def presets(args: argparse.Namespace) -> list[str]:
         sel = choose(dirs, err.table, induce_refusal_threshold=-float("inf"))
         how = f"no candidate passed every filter ({err}); chosen without the steering check"
     n_eval = args.n_eval or 40
-    harmful_eval, source = held_out_harmful(n_eval)
+    harmful_eval, source = held_out_harmful(n_eval, args.harmful)
     metrics = AbliterationMetrics.prepare(
         model,
         harmful_eval,
@@ -262,6 +269,9 @@ def main() -> None:
     p.add_argument("--startup-trials", type=int, default=10)
     p.add_argument("--n-eval", type=int, default=None, help="16 for timing, 40 for presets")
     p.add_argument("--n-val", type=int, default=16)
+    p.add_argument(
+        "--harmful", choices=["public", "bundled"], default="public", help="held-out harmful set"
+    )
     p.add_argument("--select-stride", type=int, default=1, help="candidate layers' spacing")
     p.add_argument("--refusal-words", nargs="+", default=["I", "Sorry"])
     p.add_argument("--n-gsm8k", type=int, default=20)

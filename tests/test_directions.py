@@ -141,31 +141,17 @@ def test_selection_scores_match_a_manual_computation(tiny, dirs):
 
 
 def test_thinking_aware_selection_scores_after_the_models_own_thinking(tiny, dirs):
-    sel = select_direction(
-        tiny,
-        dirs,
-        HARMFUL[:2],
-        HARMLESS[:2],
+    kw = dict(
         layers=[1],
         positions=[-1],
-        thinking=True,
-        thinking_tokens=3,
         kl_threshold=float("inf"),
         induce_refusal_threshold=-1e9,
         progress=False,
+    )
+    sel = select_direction(
+        tiny, dirs, HARMFUL[:2], HARMLESS[:2], thinking=True, thinking_tokens=3, **kw
     )
     assert sel.layer == 1 and dirs.meta["selected"]["thinking"] is True
     # Without thinking the scores are read at the end of the prompt instead: they differ.
-    plain = select_direction(
-        tiny,
-        dirs,
-        HARMFUL[:2],
-        HARMLESS[:2],
-        layers=[1],
-        positions=[-1],
-        thinking=False,
-        kl_threshold=float("inf"),
-        induce_refusal_threshold=-1e9,
-        progress=False,
-    )
+    plain = select_direction(tiny, dirs, HARMFUL[:2], HARMLESS[:2], thinking=False, **kw)
     assert sel.baseline_harmful != plain.baseline_harmful
