@@ -161,9 +161,10 @@ def select_direction(
         texts = prompt_texts(model, prompts, thinking, thinking_tokens)
         return refusal_scores(model.logits(texts, batch_size), ids)
 
-    base_h, base_s = score(harmful), score(harmless)
+    base_h = score(harmful)
     s_texts = prompt_texts(model, harmless, thinking, thinking_tokens)  # fixed text for KL
     base_s_logits = model.logits(s_texts, batch_size)
+    base_s = refusal_scores(base_s_logits, ids)  # what score(harmless) would generate again
     cands = [
         (p, l)
         for p in (positions or directions.positions)

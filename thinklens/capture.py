@@ -1,8 +1,8 @@
 """Capture: run texts, get only the asked-for sites and positions back.
 
-Positions are cut inside the hook, before anything is stored, so memory grows with what was
-asked for, not with the number of layers or the sequence length; the forward pass stops after
-the deepest site asked for.
+Positions are cut inside the hook (or the trace, on a remote model), before anything is stored
+or sent, so memory grows with what was asked for, not with the number of layers or the sequence
+length; the forward pass stops after the deepest site asked for.
 """
 
 from __future__ import annotations
@@ -73,26 +73,19 @@ def _cat(chunks: list[Tensor], site: Site | None, squeeze: bool) -> Tensor:
 
 
 def _select(
-    site: Site, x: Tensor, idx: Tensor, keep: Tensor, squeeze: bool, out_dtype: torch.dtype | None
+    site: Site, x: Tensor, keep: Tensor, squeeze: bool, out_dtype: torch.dtype | None
 ) -> Tensor:
-    """Keep the chosen positions (and heads) of a canonical tensor, detached, on the CPU.
-
-    Positions past a text's end hold zeros.
-    """
+    """A canonical tensor already cut to the kept positions: padding zeroed, heads chosen,
+    detached, on the CPU."""
     d = POS_DIM[site.kind]
-    shape = list(x.shape)
-    shape[d] = idx.shape[1]
-    view = [idx.shape[0]] + [1] * (x.dim() - 1)
-    view[d] = idx.shape[1]
-    gathered = x.gather(d, idx.to(x.device).view(view).expand(shape))
-    gathered = gathered * keep.to(x.device, x.dtype).view(view)
+    view = [keep.shape[0]] + [1] * (x.dim() - 1)
+    view[d] = keep.shape[1]
+    kept = x * keep.to(x.device, x.dtype).view(view)
     if site.heads is not None:
-        gathered = (
-            gathered[:, :, list(site.heads)] if site.kind == "z" else gathered[:, list(site.heads)]
-        )
+        kept = kept[:, :, list(site.heads)] if site.kind == "z" else kept[:, list(site.heads)]
     if squeeze:
-        gathered = gathered.squeeze(d)
-    return gathered.detach().to("cpu", out_dtype or x.dtype)
+        kept = kept.squeeze(d)
+    return kept.detach().to("cpu", out_dtype or x.dtype)
 
 
 def _request_hash(
@@ -169,11 +162,11 @@ def capture(
         idx, keep = position_index(mask.sum(-1).cpu(), spans)
         got: dict[Site, Tensor] = {}
 
-        def read(site: Site, x: Tensor, idx: Tensor = idx, keep: Tensor = keep, got=got) -> None:
-            got[site] = _select(site, x, idx, keep, squeeze, dtype)
+        def read(site: Site, x: Tensor, keep: Tensor = keep, got=got) -> None:
+            got[site] = _select(site, x, keep, squeeze, dtype)
 
         with torch.no_grad():
-            model.backend.run(ids, mask, resolved, read)
+            model.backend.run(ids, mask, resolved, read, positions=idx)
         missing = [s for s in resolved if s not in got]
         if missing:
             raise RuntimeError(f"the {model.backend.name} backend did not produce {missing[0]}")

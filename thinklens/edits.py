@@ -3,7 +3,8 @@
 One engine for every backend: an edit is a function on a site's canonical tensor, installed as
 a torch hook on the module the family table names, in every module tree the model runs through
 (the plain HF module, and the bridge's clone for TransformerLens). So the same edit acts in
-captures, logits and ``generate`` alike.
+captures, logits and ``generate`` alike. On a remote model (nnsight ``remote=True``) there is no
+local module to hook: the nnsight backend applies the same functions as trace operations.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ EditFn = Callable[[Tensor], Tensor]
 
 def _hook_site(model: Model, tree: nn.Module, site: Site, fn: EditFn) -> RemovableHandle:
     """Install ``fn`` on a site's canonical tensor in one module tree."""
-    if site.kind == "pattern":
-        raise ValueError("pattern is read-only: edit z or the attention output instead")
     path, port, index = module_port(model, site)
     module = get_path(tree, path)
     n_heads = model.n_heads
@@ -54,17 +53,52 @@ def _hook_site(model: Model, tree: nn.Module, site: Site, fn: EditFn) -> Removab
     return module.register_forward_hook(post)
 
 
+def _hook_norm_restore(model: Model, tree: nn.Module, site: Site, fn: EditFn) -> RemovableHandle:
+    """Replace the output of the module reading ``z`` with its output on the edited ``z``,
+    rescaled at each position to the norm of the real output."""
+    module = get_path(tree, module_port(model, site)[0])
+    # The bridge wraps the projection; its inner module's forward runs no hooks.
+    proj = getattr(module, "_original_component", module)
+
+    def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+        edited = proj.forward(from_canonical(site, fn(to_canonical(site, args[0], model.n_heads))))
+        norm = edited.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(out.dtype).tiny)
+        return edited * (out.norm(dim=-1, keepdim=True) / norm)
+
+    return module.register_forward_hook(post)
+
+
 class Edit:
-    """Base of all edits: a list of (site, function) pairs, or a custom ``install``."""
+    """Base of all edits: a list of (site, function) pairs, or a custom ``install``.
+
+    Edits given by ``site_fns`` also run on remote models; a custom ``install`` (torch hooks)
+    runs only where the weights are. ``restores_norm`` makes each function act on ``z`` with
+    the output projection's norm kept (see ``HeadAblation``).
+    """
+
+    restores_norm: bool = False
 
     def site_fns(self, model: Model) -> list[tuple[Site, EditFn]]:
         raise NotImplementedError
 
+    def resolved_fns(self, model: Model) -> list[tuple[Site, EditFn]]:
+        """``site_fns`` with checked, non-negative sites."""
+        out = [(site.resolved(model), fn) for site, fn in self.site_fns(model)]
+        for site, _ in out:
+            if site.kind == "pattern":
+                raise ValueError("pattern is read-only: edit z or the attention output instead")
+            if self.restores_norm and site.kind != "z":
+                raise ValueError(f"a norm-restoring edit acts on z, not {site.kind}")
+        return out
+
     def install(self, model: Model, tree: nn.Module) -> list[RemovableHandle]:
         """Hook this edit into one module tree."""
-        return [
-            _hook_site(model, tree, site.resolved(model), fn) for site, fn in self.site_fns(model)
-        ]
+        hook = _hook_norm_restore if self.restores_norm else _hook_site
+        return [hook(model, tree, site, fn) for site, fn in self.resolved_fns(model)]
+
+
+#: One edit at one site as a remote trace applies it: (site, function, restores_norm).
+TraceOp = tuple[Site, EditFn, bool]
 
 
 class Intervention(AbstractContextManager):
@@ -74,14 +108,30 @@ class Intervention(AbstractContextManager):
         self.model = model
         self.edits = list(edits)
         self.handles: list[RemovableHandle] = []
-        for tree in model.trees():
+        self.ops: list[TraceOp] = []
+        if model.remote:
             for e in self.edits:
-                self.handles.extend(e.install(model, tree))
+                if type(e).install is not Edit.install:
+                    raise NotImplementedError(
+                        f"{type(e).__name__} installs its own torch hooks, which cannot act on "
+                        f"a remote model ({model.name} runs on NDIF); remote runs apply edits "
+                        "defined by site_fns (HeadAblation, DirectionProjection, "
+                        "ActivationAddition)"
+                    )
+                self.ops += [(s, fn, e.restores_norm) for s, fn in e.resolved_fns(model)]
+        else:
+            for tree in model.trees():
+                for e in self.edits:
+                    self.handles.extend(e.install(model, tree))
+        model.interventions.append(self)
 
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+        self.ops.clear()
+        if self in self.model.interventions:
+            self.model.interventions.remove(self)
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
@@ -131,53 +181,35 @@ class HeadAblation(Edit):
     means: Mapping[int, Float[Tensor, "head d_head"]] | None = None
     scale: float = 0.0
 
-    def _edit_z(self, layer: int, hs: list[int]) -> EditFn:
-        def fn(z: Tensor) -> Tensor:
-            z = z.clone()
-            if self.mode == "mean":
-                z[..., hs, :] = self.means[layer][hs].to(z)
-            elif self.mode == "scale":
-                z[..., hs, :] = z[..., hs, :] * self.scale
-            else:
-                z[..., hs, :] = 0
-            return z
+    @property
+    def restores_norm(self) -> bool:
+        return self.mode == "scale"
 
-        return fn
-
-    def install(self, model: Model, tree: nn.Module) -> list[RemovableHandle]:
+    def site_fns(self, model: Model) -> list[tuple[Site, EditFn]]:
         by_layer = _heads_by_layer(model, self.heads)
         if self.mode == "mean":
             if self.means is None or any(l not in self.means for l in by_layer):
                 raise ValueError("mean ablation needs means for every layer: use head_means()")
-        if self.mode != "scale":
-            return [
-                _hook_site(model, tree, Site("z", l), self._edit_z(l, hs))
-                for l, hs in by_layer.items()
-            ]
-        return [self._install_norm_restore(model, tree, l, hs) for l, hs in by_layer.items()]
+        fns = []
+        for l, hs in by_layer.items():
+            mean = self.means[l][hs] if self.mode == "mean" else None
+            fns.append((Site("z", l), _heads_edit(hs, self.mode, mean, self.scale)))
+        return fns
 
-    def _install_norm_restore(
-        self, model: Model, tree: nn.Module, layer: int, hs: list[int]
-    ) -> RemovableHandle:
-        path, _, _ = module_port(model, Site("z", layer))
-        module = get_path(tree, path)
-        # The bridge wraps the projection; its inner module's forward runs no hooks.
-        proj = getattr(module, "_original_component", module)
-        edit = self._edit_z(layer, hs)
 
-        def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-            z = args[0]
-            ablated = proj.forward(
-                from_canonical(
-                    Site("z", layer), edit(to_canonical(Site("z", layer), z, model.n_heads))
-                )
-            )
-            ratio = out.norm(dim=-1, keepdim=True) / ablated.norm(dim=-1, keepdim=True).clamp(
-                min=torch.finfo(out.dtype).tiny
-            )
-            return ablated * ratio
+def _heads_edit(hs: list[int], mode: str, mean: Tensor | None, scale: float) -> EditFn:
+    # Plain values only (no ``self``): the function also ships to a remote server.
+    def fn(z: Tensor) -> Tensor:
+        z = z.clone()
+        if mode == "mean":
+            z[..., hs, :] = mean.to(z)
+        elif mode == "scale":
+            z[..., hs, :] = z[..., hs, :] * scale
+        else:
+            z[..., hs, :] = 0
+        return z
 
-        return module.register_forward_hook(post)
+    return fn
 
 
 @torch.no_grad()
@@ -242,9 +274,10 @@ class ActivationAddition(Edit):
 
     def site_fns(self, model: Model) -> list[tuple[Site, EditFn]]:
         _check_direction(model, self.vector)
+        coeff, vector = self.coeff, self.vector
 
         def fn(x: Tensor) -> Tensor:
-            return x + self.coeff * self.vector.to(x.device, x.dtype)
+            return x + coeff * vector.to(x.device, x.dtype)
 
         return [(Site(self.kind, l), fn) for l in self.layers]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from pathlib import Path
 
 import torch
@@ -55,6 +56,7 @@ def load_model(
     dtype: torch.dtype | str = torch.float32,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    remote: bool = False,
 ) -> Model:
     """Load a causal LM as a thinklens Model.
 
@@ -69,14 +71,22 @@ def load_model(
         trust_remote_code: run a repository's own model code (off: it executes downloaded code).
         attn_implementation: ``"sdpa"`` by default; ``pattern`` captures switch to eager
             attention only while they run.
+        remote: run every forward pass on NDIF through nnsight (``backend="nnsight"``, a hub
+            name NDIF hosts; the API key from ``NDIF_API_KEY`` or nnsight's config). Only the
+            config and tokenizer are read here; no weights are loaded, and nothing is sent
+            until a capture or forward pass runs.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source, extra = _resolve(name_or_path)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    if remote:
+        return _load_remote(
+            name_or_path, backend, device, dtype, trust_remote_code, attn_implementation
+        )
+    source, extra = _resolve(name_or_path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     kw = dict(dtype=dtype, trust_remote_code=trust_remote_code, **extra)
@@ -105,3 +115,64 @@ def load_model(
         fp = weights_fingerprint(hf, family, hf.config.num_hidden_layers)
         hf = apply_adapter(hf, ORGANISMS[name_or_path], fp)
     return Model(hf, tok, family, name=name_or_path, backend_name=backend, thinking=family.thinking)
+
+
+def _load_remote(
+    name: str,
+    backend: str,
+    device: str | torch.device | None,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    attn_implementation: str | None,
+) -> Model:
+    """A Model whose forward passes run on NDIF: an nnsight model built on the meta device."""
+    if backend != "nnsight":
+        raise ValueError(
+            f"remote=True runs on NDIF through nnsight: use backend='nnsight' (the {backend} "
+            "backend needs the weights on this machine)"
+        )
+    local = name in ORGANISMS or name in EMBEDDED or Path(name).expanduser().exists()
+    if local or "/" not in name or name.startswith((".", "/", "~")):
+        raise ValueError(
+            f"remote=True needs a hub name that NDIF hosts (e.g. 'meta-llama/Llama-3.1-8B'), "
+            f"not {name!r}: embedded models, organisms and local folders run locally"
+        )
+    if device is not None:
+        raise ValueError("remote=True runs on NDIF's GPUs: leave device unset")
+    from nnsight import LanguageModel
+    from transformers import AutoTokenizer
+
+    try:
+        try:
+            tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        except OSError:
+            tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # LanguageModel's deprecation notice
+            # dispatch=False (the default): the module is built on the meta device.
+            lm = LanguageModel(
+                name,
+                tokenizer=tok,
+                dtype=dtype,
+                attn_implementation=attn_implementation or "sdpa",
+                **({"trust_remote_code": True} if trust_remote_code else {}),
+            )
+    except OSError:
+        if _hub_reachable():
+            raise
+        raise ConnectionError(
+            f"cannot read the config and tokenizer of {name!r}: they are not in the local "
+            "Hugging Face cache and the hub is not reachable"
+        ) from None
+    hf = lm._module
+    family = family_for(hf.config)
+    return Model(
+        hf,
+        tok,
+        family,
+        name=name,
+        backend_name="nnsight",
+        thinking=family.thinking,
+        remote=True,
+        nnsight_model=lm,
+    )

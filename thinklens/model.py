@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -41,7 +41,12 @@ def weights_fingerprint(hf: nn.Module, family: Family, n_layers: int) -> str:
 
 @dataclass
 class Model:
-    """A causal LM ready for captures, interventions and generation through one backend."""
+    """A causal LM ready for captures, interventions and generation through one backend.
+
+    With ``remote`` (nnsight backend only) forward passes run on NDIF: ``True``, a host URL,
+    or ``"local"`` (nnsight's local simulation of a remote run); ``hf`` may then be a module
+    on the meta device, with no weights here.
+    """
 
     hf: nn.Module
     tokenizer: object
@@ -49,15 +54,27 @@ class Model:
     name: str
     backend_name: BackendName = "transformer_lens"
     thinking: ThinkingFormat = field(default_factory=ThinkingFormat)
+    remote: bool | str = False
+    #: An nnsight model already built over ``hf`` (how a remote model is loaded).
+    nnsight_model: InitVar[object | None] = None
     backend: Backend = field(init=False, repr=False)
+    #: Active interventions, in the order they were entered.
+    interventions: list = field(default_factory=list, init=False, repr=False, compare=False)
+    #: Generation engines loaded for this model (vLLM), reused across calls.
+    engines: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, nnsight_model: object | None) -> None:
         from thinklens.backends import make_backend
 
+        if self.remote and self.backend_name != "nnsight":
+            raise ValueError(
+                f"remote execution runs through nnsight: load {self.name} with "
+                f"backend='nnsight' (the {self.backend_name} backend needs the weights here)"
+            )
         self.hf.eval()
         if getattr(self.tokenizer, "pad_token_id", None) is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.backend = make_backend(self.backend_name, self)
+        self.backend = make_backend(self.backend_name, self, nnsight_model)
 
     # --- shape facts -------------------------------------------------------------------------
     @property
@@ -95,6 +112,9 @@ class Model:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs are made: the CPU for a remote model (the server moves them)."""
+        if self.remote:
+            return torch.device("cpu")
         return next(self.hf.parameters()).device
 
     @property
@@ -102,7 +122,12 @@ class Model:
         return next(self.hf.parameters()).dtype
 
     def fingerprint(self) -> str:
-        """A short hash of the weights (to match artifacts and adapters to their model)."""
+        """A short hash of the weights (to match artifacts and adapters to their model).
+
+        A remote model's weights are not here: its fingerprint hashes its hub name.
+        """
+        if self.remote:
+            return hashlib.sha256(f"remote:{self.name}".encode()).hexdigest()[:16]
         return weights_fingerprint(self.hf, self.family, self.n_layers)
 
     # --- module trees -------------------------------------------------------------------------
@@ -187,9 +212,8 @@ class Model:
         out = []
         for i in range(0, len(texts), batch_size):
             ids, mask = self.tokenize(texts[i : i + batch_size])
-            logits = self.backend.logits(ids, mask)
-            last = mask.sum(-1) - 1
-            out.append(logits[torch.arange(len(ids), device=logits.device), last].float().cpu())
+            last = (mask.sum(-1) - 1)[:, None]
+            out.append(self.backend.logits(ids, mask, positions=last)[:, 0].float().cpu())
         if not out:
             raise ValueError("no texts given: pass a non-empty list of strings")
         return torch.cat(out)

@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 __all__ = ["Backend", "StopForward", "make_backend"]
 
 
-def make_backend(name: str, model: Model) -> Backend:
-    """The backend called ``name`` for ``model``."""
+def make_backend(name: str, model: Model, nnsight_model: object | None = None) -> Backend:
+    """The backend called ``name`` for ``model`` (nnsight: over ``nnsight_model`` if given)."""
     if name == "transformer_lens":
         from thinklens.backends.transformer_lens import TransformerLensBackend
 
@@ -21,5 +21,5 @@ def make_backend(name: str, model: Model) -> Backend:
     if name == "nnsight":
         from thinklens.backends.nnsight import NNsightBackend
 
-        return NNsightBackend(model)
+        return NNsightBackend(model, nnsight_model)
     raise ValueError(f"unknown backend {name!r}; choose 'transformer_lens' or 'nnsight'")

@@ -38,14 +38,22 @@ class Backend(Protocol):
         sites: list[Site],
         read: Reader,
         stop_early: bool = True,
+        positions: Int[Tensor, "batch sel"] | None = None,
     ) -> None:
-        """One forward pass that hands each site's canonical tensor to ``read``."""
+        """One forward pass that hands each site's canonical tensor to ``read``.
+
+        With ``positions``, each tensor is cut to those token indices along its position axis
+        first (where the forward pass runs, so a remote run ships back only those).
+        """
         ...
 
     def logits(
-        self, ids: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
-    ) -> Float[Tensor, "batch pos vocab"]:
-        """Logits of a full forward pass."""
+        self,
+        ids: Int[Tensor, "batch pos"],
+        mask: Int[Tensor, "batch pos"],
+        positions: Int[Tensor, "batch sel"] | None = None,
+    ) -> Float[Tensor, "batch sel vocab"]:
+        """Logits of a full forward pass, at ``positions`` only when given."""
         ...
 
 
@@ -68,6 +76,16 @@ def module_port(model: Model, site: Site) -> tuple[str, str, int]:
         "resid_mid": (*fam.resid_mid, 0),
     }[site.kind]
     return (f"{layer}.{rel}" if rel else layer), port, index
+
+
+def take_positions(x: Tensor, positions: Tensor | None, dim: int) -> Tensor:
+    """``x`` cut to per-example token indices ``positions`` [batch, sel] along ``dim``."""
+    if positions is None:
+        return x
+    shape, view = list(x.shape), [1] * x.dim()
+    shape[dim] = view[dim] = positions.shape[1]
+    view[0] = positions.shape[0]
+    return x.gather(dim, positions.to(x.device).view(view).expand(shape))
 
 
 def to_canonical(site: Site, x: Tensor, n_heads: int) -> Tensor:

@@ -1,10 +1,17 @@
-"""nnsight 0.8 backend: reads module inputs and outputs through a trace."""
+"""nnsight 0.8 backend: reads module inputs and outputs in a trace, here or on NDIF.
+
+Every forward pass is one trace whose body uses only nnsight operations, torch and plain data,
+so the same body runs locally or, with ``remote=True``, on an NDIF server where thinklens is not
+installed: positions are cut inside the trace and only the cut tensors come back. Locally, edits
+act through their torch hooks; remotely they are applied in the body as trace operations.
+"""
 
 from __future__ import annotations
 
 import warnings
 from typing import TYPE_CHECKING
 
+import nnsight
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
@@ -16,10 +23,14 @@ from thinklens.backends.base import (
     module_port,
     to_canonical,
 )
-from thinklens.sites import Site
+from thinklens.sites import POS_DIM, Site
 
 if TYPE_CHECKING:
     from thinklens.model import Model
+
+#: Per module port, in forward order: (envoy, "input" | "output", items), where each item is
+#: (tuple index, heads to split (z) or 0, position axis, edit fns, norm-restoring edit fns, read).
+Plan = list[tuple[object, str, list[tuple[int, int, int, list, list, bool]]]]
 
 
 def _envoy(root: object, path: str) -> object:
@@ -33,16 +44,112 @@ class NNsightBackend:
 
     name = "nnsight"
 
-    def __init__(self, model: Model) -> None:
-        from nnsight import LanguageModel
-
+    def __init__(self, model: Model, lm: object | None = None) -> None:
         self.model = model
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # LanguageModel's deprecation notice
-            self.lm = LanguageModel(model.hf, tokenizer=model.tokenizer)
+        if lm is None:
+            from nnsight import LanguageModel
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # LanguageModel's deprecation notice
+                lm = LanguageModel(model.hf, tokenizer=model.tokenizer)
+        self.lm = lm
+
+    @property
+    def remote(self) -> bool | str:
+        return self.model.remote
 
     def extra_trees(self) -> list[nn.Module]:
         return []
+
+    def _plan(self, sites: list[Site]) -> tuple[Plan, list[list[Site]]]:
+        """The trace plan for reading ``sites`` (and applying edits when remote), and which
+        sites each read serves, in the order the trace returns them."""
+        ops = [op for iv in self.model.interventions for op in iv.ops] if self.remote else []
+        items: dict[tuple[str, str], dict[int, tuple]] = {}
+        for s in forward_order([*sites, *(site for site, _, _ in ops)]):
+            path, port, index = module_port(self.model, s)
+            heads = self.model.n_heads if s.kind == "z" else 0
+            items.setdefault((path, port), {}).setdefault(
+                index, (index, heads, POS_DIM[s.kind], [], [], [])
+            )
+        for site, fn, restore in ops:
+            path, port, index = module_port(self.model, site)
+            items[path, port][index][4 if restore else 3].append(fn)
+        for s in sites:
+            path, port, index = module_port(self.model, s)
+            items[path, port][index][5].append(s)
+        plan, reads = [], []
+        for (path, port), by_index in items.items():
+            entries = []
+            for index, heads, dim, fns, restores, group in by_index.values():
+                entries.append((index, heads, dim, fns, restores, bool(group)))
+                if group:
+                    reads.append(group)
+            plan.append((_envoy(self.lm, path), port, entries))
+        return plan, reads
+
+    def _trace(
+        self,
+        ids: Tensor,
+        mask: Tensor,
+        plan: Plan,
+        positions: Tensor | None,
+        stop: bool,
+        logits: bool = False,
+    ) -> dict:
+        """Run the plan in one trace; the reads come back as {0: tensor, 1: ..., "logits": ...}.
+
+        The body must stay self-contained (torch, nnsight, envoys and plain data): on NDIF it
+        is shipped as source and run where thinklens is not installed.
+        """
+        lm, remote = self.lm, self.remote
+
+        def cut(x: Tensor, dim: int) -> Tensor:
+            # Defined here, not imported: a nested function ships by value to the server.
+            if positions is None:
+                return x.detach()
+            shape, view = list(x.shape), [1] * x.dim()
+            shape[dim] = view[dim] = positions.shape[1]
+            view[0] = positions.shape[0]
+            return x.gather(dim, positions.to(x.device).view(view).expand(shape)).detach()
+
+        with lm.trace(ids, attention_mask=mask, use_cache=False, remote=remote) as tracer:
+            got = nnsight.save({})
+            for env, port, entries in plan:
+                value = getattr(env, port)
+                for index, heads, dim, fns, restores, read in entries:
+                    x = value[index] if isinstance(value, tuple) else value
+                    if read and port == "output":
+                        # As with hooks: an output is read as the module made it, before edits;
+                        # an input is read as the module receives it, after them.
+                        got[len(got)] = cut(x, dim)
+                    for fn in fns:
+                        x = fn(x.unflatten(-1, (heads, -1))).flatten(-2) if heads else fn(x)
+                    if fns and port == "input":
+                        env.input = x
+                    elif fns:
+                        if isinstance(value, tuple):
+                            value = (*value[:index], x, *value[index + 1 :])
+                        else:
+                            value = x
+                        env.output = value
+                    if read and port == "input":
+                        got[len(got)] = cut(x, dim)
+                    if restores:
+                        # HeadAblation(mode="scale"): the edited heads through the module,
+                        # rescaled to the norm of its real output.
+                        out = env.output
+                        for fn in restores:
+                            edited = env(fn(x.unflatten(-1, (heads, -1))).flatten(-2))
+                            norm = edited.norm(dim=-1, keepdim=True)
+                            norm = norm.clamp(min=torch.finfo(out.dtype).tiny)
+                            out = edited * (out.norm(dim=-1, keepdim=True) / norm)
+                        env.output = out
+            if logits:
+                got["logits"] = cut(lm.output.logits, 1)
+            elif stop:
+                tracer.stop()
+        return got
 
     def run(
         self,
@@ -51,33 +158,24 @@ class NNsightBackend:
         sites: list[Site],
         read: Reader,
         stop_early: bool = True,
+        positions: Int[Tensor, "batch sel"] | None = None,
     ) -> None:
-        n_heads = self.model.n_heads
-        ordered = forward_order(sites)
-        # Several sites can live on one module port: touch each port once, in forward order.
-        ports: dict[tuple[str, str], list[Site]] = {}
-        for s in ordered:
-            path, port, _ = module_port(self.model, s)
-            ports.setdefault((path, port), []).append(s)
+        plan, reads = self._plan(sites)
+        if stop_early and sites:  # edits past the deepest read cannot change what is read
+            last = max(i for i, (_, _, entries) in enumerate(plan) if any(e[5] for e in entries))
+            plan = plan[: last + 1]
         with eager_attention(self.model, any(s.kind == "pattern" for s in sites)):
-            # No KV cache: a capture never decodes further, and the cache grows with depth.
-            with self.lm.trace(ids, attention_mask=mask, use_cache=False) as tracer:
-                for (path, port), group in ports.items():
-                    value = getattr(_envoy(self.lm, path), port)
-                    for s in group:
-                        x = value
-                        if isinstance(x, tuple):
-                            x = x[module_port(self.model, s)[2]]
-                        read(s, to_canonical(s, x, n_heads))
-                if stop_early:
-                    tracer.stop()
+            got = self._trace(ids, mask, plan, positions, stop_early)
+        for k, group in enumerate(reads):
+            for s in group:
+                read(s, to_canonical(s, got[k], self.model.n_heads))
 
     @torch.no_grad()
     def logits(
-        self, ids: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
-    ) -> Float[Tensor, "batch pos vocab"]:
-        import nnsight
-
-        with self.lm.trace(ids, attention_mask=mask, use_cache=False):
-            out = nnsight.save(self.lm.output.logits)
-        return out
+        self,
+        ids: Int[Tensor, "batch pos"],
+        mask: Int[Tensor, "batch pos"],
+        positions: Int[Tensor, "batch sel"] | None = None,
+    ) -> Float[Tensor, "batch sel vocab"]:
+        plan, _ = self._plan([])
+        return self._trace(ids, mask, plan, positions, False, logits=True)["logits"]

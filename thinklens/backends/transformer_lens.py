@@ -9,8 +9,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from thinklens.backends.base import Reader, StopForward, eager_attention, forward_order
-from thinklens.sites import Site
+from thinklens.backends.base import (
+    Reader,
+    StopForward,
+    eager_attention,
+    forward_order,
+    take_positions,
+)
+from thinklens.sites import POS_DIM, Site
 
 if TYPE_CHECKING:
     from thinklens.model import Model
@@ -57,13 +63,14 @@ class TransformerLensBackend:
         sites: list[Site],
         read: Reader,
         stop_early: bool = True,
+        positions: Int[Tensor, "batch sel"] | None = None,
     ) -> None:
         ordered = forward_order(sites)
         last = ordered[-1]
 
         def hook_for(site: Site):
             def hook(x: Tensor, hook: object) -> Tensor:
-                read(site, x)
+                read(site, take_positions(x, positions, POS_DIM[site.kind]))
                 if stop_early and site == last:
                     raise StopForward
                 return x
@@ -80,6 +87,10 @@ class TransformerLensBackend:
 
     @torch.no_grad()
     def logits(
-        self, ids: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
-    ) -> Float[Tensor, "batch pos vocab"]:
-        return self.bridge(ids, attention_mask=mask, use_cache=False)
+        self,
+        ids: Int[Tensor, "batch pos"],
+        mask: Int[Tensor, "batch pos"],
+        positions: Int[Tensor, "batch sel"] | None = None,
+    ) -> Float[Tensor, "batch sel vocab"]:
+        out = self.bridge(ids, attention_mask=mask, use_cache=False)
+        return take_positions(out, positions, 1)
