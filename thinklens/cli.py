@@ -100,16 +100,26 @@ def _organisms_check(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    import pandas as pd
+    import torch
+
     from thinklens.demo import run_demo
 
-    res = run_demo(args.model, args.out, n_prompts=args.n_prompts, backend=args.backend)
-    import pandas as pd
-
-    with pd.option_context("display.width", 160, "display.max_colwidth", 70):
-        print(res.layers.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-        print(f"\nbest layer: {res.best_layer}\n")
-        print(res.effects.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"\nreport: {res.report.resolve()}")
+    if args.threads:  # on a CPU shared with other jobs, fewer threads can be much faster
+        torch.set_num_threads(args.threads)
+    res = run_demo(
+        args.out,
+        n_prompts=args.n_prompts,
+        max_new_tokens=args.max_new_tokens,
+        backend=args.backend,
+        log=lambda line: print(line, flush=True),
+    )
+    with pd.option_context("display.width", 200, "display.max_colwidth", 120):
+        print()
+        print(res.summary.to_string(index=False))
+    print(f"\ndone in {res.seconds:.0f} s")
+    print(f"report: {res.report.resolve()}")
+    print(f"training data: {res.export.resolve()}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,10 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     judge_commands(sub, backend)
 
-    demo = sub.add_parser("demo", help="find, remove and measure a refusal direction")
-    demo.add_argument("--model", default="smollm2-135m-instruct")
-    demo.add_argument("--out", default="thinklens-out")
-    demo.add_argument("--n-prompts", type=int, default=32)
+    demo = sub.add_parser(
+        "demo",
+        help="the whole story on the model organisms: probe and cliff, heads, ablation, "
+        "abliteration, Cliff-as-a-Judge; writes an HTML report",
+    )
+    demo.add_argument("--out", default="thinklens-out", help="folder of the report and export")
+    demo.add_argument("--n-prompts", type=int, default=8, help="prompts per group and split")
+    demo.add_argument("--max-new-tokens", type=int, default=64, help="tokens per answer")
+    demo.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     backend(demo)
     demo.set_defaults(fn=_demo)
 

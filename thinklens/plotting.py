@@ -7,6 +7,8 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
+from thinklens import report
+
 
 def line_by_layer(df: pd.DataFrame, y: str, title: str, color: str | None = None) -> go.Figure:
     """A metric against layer (one line per value of ``color``)."""
@@ -18,22 +20,22 @@ def line_by_layer(df: pd.DataFrame, y: str, title: str, color: str | None = None
     return fig
 
 
+def bars(df: pd.DataFrame, x: str, ys: list[str], title: str, y_title: str = "") -> go.Figure:
+    """Grouped bars: a group per row of ``df`` (labelled by ``x``), a bar per column in ``ys``."""
+    fig = go.Figure()
+    for y in ys:
+        fig.add_bar(x=df[x].astype(str), y=df[y], name=y)
+    fig.update_layout(title=title, barmode="group", yaxis_title=y_title, template="plotly_white")
+    return fig
+
+
 def write_report(
     path: str | Path, title: str, figures: list[go.Figure], tables: list[pd.DataFrame]
 ) -> Path:
-    """One self-contained HTML page with the figures and tables, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    parts = [
-        f"<html><head><meta charset='utf-8'><title>{title}</title></head><body>",
-        f"<h1>{title}</h1>",
-    ]
-    for i, fig in enumerate(figures):
-        parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False))
-    for t in tables:
-        parts.append(t.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
-    parts.append("</body></html>")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    """One self-contained HTML page with the figures and tables, written atomically.
+
+    For sections with a sentence each, use ``thinklens.report.write_report``.
+    """
+    sections = [report.Section("", figure=f) for f in figures]
+    sections += [report.Section("", table=t) for t in tables]
+    return report.write_report(path, title, sections)
