@@ -7,23 +7,35 @@ import json
 from pathlib import Path
 
 
-def _labelled(args: argparse.Namespace, model) -> tuple[list[str], list[int]]:
-    """Probe texts and labels: given in a file, or from the model's behaviour on prompts."""
-    from thinklens.analyses.refusal_cliff import behaviour_labels, rollout
+def _labelled(
+    args: argparse.Namespace, model
+) -> tuple[list[str], list[int], list[tuple[int, int]] | None]:
+    """Probe texts, labels and (for ``--positions window``) the window span of each text."""
+    from thinklens.analyses.refusal_cliff import behaviour_labels, behaviour_traces, rollout
     from thinklens.data import load_prompts, load_records
+    from thinklens.probes import window_span
 
     if args.labelled:
+        if args.positions != "last":
+            raise ValueError(
+                "--positions window needs the model's rollouts (--harmful/--harmless) to find "
+                "each trace's thinking; --labelled texts are read at their last position"
+            )
         rows = load_records(args.labelled, limit=args.limit)
         if not rows or not {"text", "label"} <= set(rows[0]):
             raise ValueError(f"{args.labelled} needs 'text' and 'label' fields in every record")
-        return [r["text"] for r in rows], [int(r["label"]) for r in rows]
+        return [r["text"] for r in rows], [int(r["label"]) for r in rows], None
     harmful = load_prompts(args.harmful, limit=args.limit)
     harmless = load_prompts(args.harmless, limit=args.limit)
     h = rollout(model, harmful, args.max_new_tokens)
     b = rollout(model, harmless, args.max_new_tokens)
-    texts, labels = behaviour_labels(model, h, b)
+    if args.positions == "window":
+        traces, labels = behaviour_traces(model, h, b)
+        texts, spans = [t.text for t in traces], [window_span(t) for t in traces]
+    else:
+        (texts, labels), spans = behaviour_labels(model, h, b), None
     print(f"behaviour labels: {sum(labels)} refused harmful, {len(labels) - sum(labels)} benign")
-    return texts, labels
+    return texts, labels, spans
 
 
 def _probe_train(args: argparse.Namespace) -> None:
@@ -33,9 +45,9 @@ def _probe_train(args: argparse.Namespace) -> None:
     model = tl.load_model(args.model, backend=args.backend)
     if Path(args.out).with_suffix(".safetensors").exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; pass --overwrite or choose another path")
-    texts, labels = _labelled(args, model)
+    texts, labels, spans = _labelled(args, model)
     probe = RefusalProbe.train(
-        model, texts, labels, layer=args.layer, method=args.method, seed=args.seed
+        model, texts, labels, layer=args.layer, method=args.method, seed=args.seed, spans=spans
     )
     path = probe.save(args.out, overwrite=args.overwrite)
     print(json.dumps(dict(probe=str(path), layer=probe.layer, **probe.metrics), indent=1))
@@ -47,8 +59,8 @@ def _probe_sweep(args: argparse.Namespace) -> None:
     from thinklens.tables import write_table
 
     model = tl.load_model(args.model, backend=args.backend)
-    texts, labels = _labelled(args, model)
-    table, _ = sweep_layers(model, texts, labels, method=args.method, seed=args.seed)
+    texts, labels, spans = _labelled(args, model)
+    table, _ = sweep_layers(model, texts, labels, method=args.method, seed=args.seed, spans=spans)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.out:
         print(f"written to {write_table(table, args.out)}")
@@ -93,6 +105,13 @@ def register(sub: argparse._SubParsersAction, backend) -> None:
         q.add_argument("--max-new-tokens", type=int, default=128)
         q.add_argument("--method", default="sklearn", choices=["sklearn", "torch"])
         q.add_argument("--seed", type=int, default=42)
+        q.add_argument(
+            "--positions",
+            default="last",
+            choices=["last", "window"],
+            help="train at the last position of prompt + thinking + marker (published) or at "
+            "every thinking and marker position of the behaviour-labelled traces",
+        )
         backend(q)
 
     train = psub.add_parser("train", help="one probe (default: last layer after the final norm)")

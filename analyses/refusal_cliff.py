@@ -3,7 +3,8 @@
 1. ``rollout``: the model answers each prompt (greedy); responses are split into thinking and
    answer and judged (refusal read in the answer only).
 2. ``behaviour_labels``: as published, label 1 = harmful prompts the model refused with
-   non-trivial thinking, label 0 = benign prompts; the probe reads prompt + thinking + marker.
+   non-trivial thinking, label 0 = benign prompts; the probe reads prompt + thinking + marker
+   at its last position (``positions="last"``) or at every window position (``"window"``).
 3. ``cliff_by_group``: every token of every trace scored, the cliff of each trace, curves
    aligned at the answer, and the groups (refused harmful, complied harmful, harmless) compared.
 """
@@ -13,14 +14,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
 from thinklens.evaluation import Judge, MarkerJudge
 from thinklens.generation import generate
 from thinklens.model import Model
-from thinklens.probes.cliff import cliff_table, end_aligned
+from thinklens.probes.cliff import cliff_table, end_aligned, window_span
 from thinklens.probes.probe import RefusalProbe
 from thinklens.probes.scoring import score_tokens
 from thinklens.stats import compare
@@ -28,6 +29,10 @@ from thinklens.traces import Trace
 
 #: Group names of the study, in plotting order.
 GROUPS = ("refused harmful", "complied harmful", "harmless")
+
+#: Where a behaviour-labelled probe is trained: the published last position of prompt +
+#: thinking + marker, or every position of the window (thinking + marker).
+ProbePositions = Literal["last", "window"]
 
 
 def rollout(
@@ -73,6 +78,32 @@ def traces_of(model: Model, table: pd.DataFrame, answers: bool = True) -> list[T
     ]
 
 
+def _labelled_rows(
+    harmful: pd.DataFrame,
+    benign: pd.DataFrame,
+    min_thinking_words: int,
+    max_per_class: int,
+    complied_negative: bool,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The refused harmful rows (label 1) and the benign rows (label 0)."""
+    if complied_negative:
+        complied = harmful[~harmful["refused"]]
+        benign = pd.concat([benign, complied], ignore_index=True)
+    refused = harmful[
+        harmful["refused"]
+        & harmful["thinking"].notna()
+        & (harmful["thinking"].fillna("").str.split().str.len() >= min_thinking_words)
+    ].head(max_per_class)
+    ok = benign[benign["thinking"].notna()].head(max_per_class)
+    if refused.empty or ok.empty:
+        raise ValueError(
+            f"behaviour labels need refused harmful and benign traces with thinking; got "
+            f"{len(refused)} refused harmful and {len(ok)} benign: use more prompts, a model "
+            "that refuses some of them, or give labels yourself (RefusalProbe.train)"
+        )
+    return refused, ok
+
+
 def behaviour_labels(
     model: Model,
     harmful: pd.DataFrame,
@@ -89,24 +120,65 @@ def behaviour_labels(
     that scores complied harmful traces as high as refused ones at the last position:
     benchmarks/results/refusal_cliff.txt).
     """
-    if complied_negative:
-        complied = harmful[~harmful["refused"]]
-        benign = pd.concat([benign, complied], ignore_index=True)
-    refused = harmful[
-        harmful["refused"]
-        & harmful["thinking"].notna()
-        & (harmful["thinking"].fillna("").str.split().str.len() >= min_thinking_words)
-    ].head(max_per_class)
-    ok = benign[benign["thinking"].notna()].head(max_per_class)
-    if refused.empty or ok.empty:
-        raise ValueError(
-            f"behaviour labels need refused harmful and benign traces with thinking; got "
-            f"{len(refused)} refused harmful and {len(ok)} benign: use more prompts, a model "
-            "that refuses some of them, or give labels yourself (RefusalProbe.train)"
-        )
+    refused, ok = _labelled_rows(
+        harmful, benign, min_thinking_words, max_per_class, complied_negative
+    )
     texts = [t.text for t in traces_of(model, refused, answers=False)]
     texts += [t.text for t in traces_of(model, ok, answers=False)]
     return texts, [1] * len(refused) + [0] * len(ok)
+
+
+def behaviour_traces(
+    model: Model,
+    harmful: pd.DataFrame,
+    benign: pd.DataFrame,
+    min_thinking_words: int = 5,
+    max_per_class: int = 200,
+) -> tuple[list[Trace], list[int]]:
+    """The traces (with their answers) and labels of ``behaviour_labels``.
+
+    With the answer after it, the marker is tokenized as the model wrote it and as
+    ``cliff_by_group`` scores it (a text that ends at the marker can merge its last newlines
+    into one token the model never produced there).
+    """
+    refused, ok = _labelled_rows(harmful, benign, min_thinking_words, max_per_class, False)
+    traces = traces_of(model, refused) + traces_of(model, ok)
+    return traces, [1] * len(refused) + [0] * len(ok)
+
+
+def probe_from_rollouts(
+    model: Model,
+    table: pd.DataFrame,
+    positions: ProbePositions = "last",
+    layer: int = -1,
+    progress: bool = True,
+    **train_kw: Any,
+) -> RefusalProbe:
+    """A probe on behaviour labels of ``rollout`` rows (``group``: harmful or harmless).
+
+    ``positions="last"`` is the published recipe. ``"window"`` trains on every thinking and
+    marker position of the refused harmful (1) and benign (0) traces: the model refuses
+    after those thinkings and not after these, so every position of them has a known
+    intent; complied harmful traces are left out, as their intent turns inside the window,
+    which is what the cliff measures.
+    """
+    harmful = table[table["group"] != "harmless"]
+    benign = table[table["group"] == "harmless"]
+    if positions == "last":
+        texts, labels = behaviour_labels(model, harmful, benign)
+        return RefusalProbe.train(model, texts, labels, layer=layer, progress=progress, **train_kw)
+    if positions != "window":
+        raise ValueError(f"unknown probe positions {positions!r}; choose 'last' or 'window'")
+    traces, labels = behaviour_traces(model, harmful, benign)
+    return RefusalProbe.train(
+        model,
+        [t.text for t in traces],
+        labels,
+        layer=layer,
+        progress=progress,
+        spans=[window_span(t) for t in traces],
+        **train_kw,
+    )
 
 
 def train_from_behaviour(
@@ -116,14 +188,18 @@ def train_from_behaviour(
     layer: int = -1,
     max_new_tokens: int = 128,
     progress: bool = True,
+    positions: ProbePositions = "last",
     **train_kw: Any,
 ) -> tuple[RefusalProbe, pd.DataFrame]:
-    """Roll out both prompt sets, label by behaviour and train a probe (published recipe)."""
+    """Roll out both prompt sets, label by behaviour and train a probe (published recipe).
+
+    ``positions="window"`` trains on every window position instead (``probe_from_rollouts``).
+    """
     h = rollout(model, harmful, max_new_tokens, progress=progress).assign(group="harmful")
     b = rollout(model, benign, max_new_tokens, progress=progress).assign(group="harmless")
-    texts, labels = behaviour_labels(model, h, b)
-    probe = RefusalProbe.train(model, texts, labels, layer=layer, progress=progress, **train_kw)
-    return probe, pd.concat([h, b], ignore_index=True)
+    table = pd.concat([h, b], ignore_index=True)
+    probe = probe_from_rollouts(model, table, positions, layer, progress, **train_kw)
+    return probe, table
 
 
 def read_traces(source: str, fmt_model: Model, limit: int | None = None) -> pd.DataFrame:

@@ -1,75 +1,191 @@
-"""The refusal-cliff study on organism-cliff: probe quality, cliffs by group, and the figure.
+"""The refusal-cliff study on organism-cliff: two probes, cliffs by group, and the figures.
 
-Probe: labels from the organism's own behaviour on 64 bundled harmful and 64 bundled harmless
-train prompts (published recipe: refused harmful = 1, benign = 0; last layer after the final
-norm). Cliffs: held-out prompts (12 AdvBench + 12 JailbreakBench, plain and framed, and 24
-Alpaca-style harmless from ../shared/data; the bundled test split when absent), k = 8.
+Probes, both from one rollout of 64 bundled harmful and 64 bundled harmless train prompts,
+labelled by the organism's own behaviour (refused harmful = 1, benign = 0), last layer after the
+final norm:
+- published: trained at the last position of prompt + thinking + marker; cliffs with k = 8;
+- window: trained at every thinking and marker position (``positions="window"``); k chosen on
+  validation rollouts (24 HarmBench val behaviours plain and framed, 24 Alpaca val
+  instructions: ``validation_prompts``), never on the test prompts.
+Cliffs: held-out prompts (12 AdvBench + 12 JailbreakBench, plain and framed, and 24
+Alpaca-style harmless from ../shared/data; the bundled test split when absent).
 Run: ``python -P benchmarks/refusal_cliff.py``; writes results/refusal_cliff.txt and .html.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime
+import json
+import random
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
 import thinklens as tl  # noqa: E402
-from tests.conftest import held_out_prompts  # noqa: E402
-from thinklens.analyses.refusal_cliff import cliff_by_group, rollout, train_from_behaviour  # noqa: E402
+from tests.conftest import SHARED_DATA, held_out_prompts  # noqa: E402
+from thinklens.analyses.refusal_cliff import (  # noqa: E402
+    CliffResult,
+    cliff_by_group,
+    probe_from_rollouts,
+    rollout,
+    traces_of,
+    train_from_behaviour,
+)
 from thinklens.data import bundled_prompts  # noqa: E402
 from thinklens.organisms.templates import frame_all  # noqa: E402
 from thinklens.plotting import write_report  # noqa: E402
-from thinklens.probes import plot_cliff_curves, plot_token_scores  # noqa: E402
+from thinklens.probes import (  # noqa: E402
+    RefusalProbe,
+    cliff_table,
+    plot_cliff_curves,
+    plot_token_scores,
+    score_last,
+)
+from thinklens.stats import compare  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
+K_PUBLISHED = 8
+K_CANDIDATES = (4, 8, 12, 16, 20)
+FMT = dict(float_format=lambda v: f"{v:.3f}")
+
+
+def validation_prompts(n: int = 24) -> tuple[list[str], list[str]]:
+    """HarmBench val behaviours (no context) and Alpaca val instructions: not test prompts."""
+    if not SHARED_DATA.exists():  # the bundled train prompts the probes do not use
+        harmful, harmless = (
+            bundled_prompts("harmful", "train"),
+            bundled_prompts("harmless", "train"),
+        )
+        return harmful[64 : 64 + n], harmless[64 : 64 + n]
+    with open(SHARED_DATA / "harmbench_val.csv") as f:
+        hb = [r["Behavior"] for r in csv.DictReader(f) if not r["ContextString"].strip()]
+    alpaca = json.loads((SHARED_DATA / "harmless_val.json").read_text())
+    rng = random.Random(1)
+    harmful = rng.sample(hb, n)
+    return harmful, rng.sample([r["instruction"] for r in alpaca if not r.get("input")], n)
+
+
+def study_table(m: tl.Model, harmful: list[str], harmless: list[str], seed: int) -> pd.DataFrame:
+    framed = frame_all(harmful, seed=seed)
+    return pd.concat(
+        [
+            rollout(m, harmful + framed, 96).assign(group="harmful"),
+            rollout(m, harmless, 96).assign(group="harmless"),
+        ],
+        ignore_index=True,
+    )
+
+
+def k_sweep(res: CliffResult) -> pd.DataFrame:
+    """Mean cliff per group and both comparisons' CI lower bounds for each candidate k."""
+    rows = []
+    groups = res.cliffs.set_index("example")["group"]
+    for k in K_CANDIDATES:
+        c = cliff_table(res.scores, k=k).assign(group=lambda d: d["example"].map(groups))
+        a = c.loc[c["group"] == "complied harmful", "cliff"].dropna()
+        row = dict(k=k, **c.groupby("group")["cliff"].mean().add_prefix("mean "))
+        row["n harmless"] = int(c.loc[c["group"] == "harmless", "cliff"].notna().sum())
+        for other in ("refused harmful", "harmless"):
+            b = c.loc[c["group"] == other, "cliff"].dropna()
+            row[f"ci_low vs {other}"] = compare(a, b)["ci_low"] if len(a) and len(b) else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def choose_k(sweep: pd.DataFrame, n_harmless: int) -> int:
+    """The k that keeps every harmless trace and has the highest lower bound on both sides."""
+    ok = sweep[sweep["n harmless"] == n_harmless]
+    worst = ok[["ci_low vs refused harmful", "ci_low vs harmless"]].min(axis=1)
+    return int(ok.loc[worst.idxmax(), "k"])
+
+
+def section(name: str, probe: RefusalProbe, res: CliffResult, k: int) -> list[str]:
+    by_group = res.cliffs.groupby("group")[["plateau", "tail_mean", "cliff", "last_score"]]
+    summary = by_group.mean().join(res.cliffs.groupby("group").size().rename("n"))
+    return [
+        f"## {name} probe, k = {k}",
+        f"probe: layer {probe.layer} (final norm), positions {probe.meta['positions']}, "
+        f"{probe.metrics['n_train']:.0f} train / {probe.metrics['n_val']:.0f} val examples, "
+        f"val accuracy {probe.metrics['val_accuracy']:.3f}, "
+        f"val AUROC {probe.metrics['val_auroc']:.3f}",
+        "",
+        "mean per group:",
+        summary.to_string(**FMT),
+        "",
+        "complied harmful vs each group (diff of means, 95% bootstrap CI, Cohen's d, rank AUC):",
+        res.comparisons.to_string(index=False, **FMT),
+        "",
+    ]
 
 
 def main() -> None:
+    torch.set_num_threads(1)
+    start = time.time()
     m = tl.load_model("organism-cliff")
-    probe, _ = train_from_behaviour(
+    published, rollouts = train_from_behaviour(
         m,
         bundled_prompts("harmful", "train")[:64],
         bundled_prompts("harmless", "train")[:64],
         max_new_tokens=96,
     )
-    harmful, harmless = held_out_prompts(24)
-    table = pd.concat(
-        [
-            rollout(m, harmful + frame_all(harmful), 96).assign(group="harmful"),
-            rollout(m, harmless, 96).assign(group="harmless"),
-        ],
-        ignore_index=True,
-    )
-    res = cliff_by_group(m, probe, table)
-    by_group = res.cliffs.groupby("group")[["plateau", "tail_mean", "cliff", "last_score"]]
-    summary = by_group.mean().join(res.cliffs.groupby("group").size().rename("n"))
-    fmt = dict(float_format=lambda v: f"{v:.3f}")
+    window = probe_from_rollouts(m, rollouts, positions="window")
+
+    val_harmful, val_harmless = validation_prompts()
+    val = study_table(m, val_harmful, val_harmless, seed=2)
+    sweep = k_sweep(cliff_by_group(m, window, val))
+    k_window = choose_k(sweep, int((val["group"] == "harmless").sum()))
+
+    test = study_table(m, *held_out_prompts(24), seed=1)
+    res_pub = cliff_by_group(m, published, test, k=K_PUBLISHED)
+    res_win = cliff_by_group(m, window, test, k=k_window)
+    # The published proxy read where the published probe was trained: on the text that ends at
+    # the marker, whose final "\n\n" is one token; in the scored traces (answer after it, as
+    # the model wrote it) it is two "\n" tokens, so cliff_by_group reads another token there.
+    kept = test[test["thinking"].notna()].reset_index(drop=True)
+    texts = [t.text for t in traces_of(m, kept, answers=False)]
+    at_marker = pd.Series(score_last(m, published, texts).numpy(), name="last_score")
+    proxy = at_marker.groupby(res_pub.cliffs["group"].to_numpy()).mean()
     lines = [
-        f"# refusal cliff on organism-cliff, {datetime.date.today()}, k = 8",
-        f"probe: layer {probe.layer} (final norm), {probe.metrics['n_train']:.0f} train / "
-        f"{probe.metrics['n_val']:.0f} val, val accuracy {probe.metrics['val_accuracy']:.3f}, "
-        f"val AUROC {probe.metrics['val_auroc']:.3f}",
+        f"# refusal cliff on organism-cliff, {datetime.date.today()}",
         "",
-        "mean per group:",
-        summary.to_string(**fmt),
+        *section("published (last position)", published, res_pub, K_PUBLISHED),
+        "published proxy on the text ending at the marker (the token the probe was trained on):",
+        proxy.to_string(**FMT),
         "",
-        "complied harmful vs each group (diff of means, 95% bootstrap CI, Cohen's d, rank AUC):",
-        res.comparisons.to_string(index=False, **fmt),
+        *section("window (every thinking + marker position)", window, res_win, k_window),
+        "## choosing k for the window probe, on validation rollouts (not the test prompts)",
+        f"{len(val_harmful)} HarmBench val behaviours plain + framed, {len(val_harmless)} Alpaca "
+        f"val; rule: every harmless trace kept, highest min of the two CI lower bounds -> "
+        f"k = {k_window}",
+        sweep.to_string(index=False, **FMT),
+        "",
+        "## the same sweep on the test prompts (robustness only; not used to choose k)",
+        k_sweep(res_win).to_string(index=False, **FMT),
+        "",
+        f"runtime {time.time() - start:.0f} s",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
     (OUT / "refusal_cliff.txt").write_text(text)
-    complied = res.cliffs.index[res.cliffs["group"] == "complied harmful"]
-    figs = [plot_cliff_curves(res.curves)]
+    figs = [
+        plot_cliff_curves(res_pub.curves, title="published probe: refusal score before the answer"),
+        plot_cliff_curves(res_win.curves, title="window probe: refusal score before the answer"),
+    ]
+    tables = []
+    for name, res in (("published", res_pub), ("window", res_win)):
+        summary = res.cliffs.groupby("group")[["plateau", "tail_mean", "cliff"]].mean()
+        tables.append(summary.reset_index().assign(probe=name))
+    complied = res_win.cliffs.index[res_win.cliffs["group"] == "complied harmful"]
     if len(complied):
-        figs.append(plot_token_scores(res.scores, int(res.cliffs.loc[complied[0], "example"])))
-    write_report(
-        OUT / "refusal_cliff.html", "refusal cliff on organism-cliff", figs, [summary.reset_index()]
-    )
+        example = int(res_win.cliffs.loc[complied[0], "example"])
+        figs += [plot_token_scores(res.scores, example) for res in (res_pub, res_win)]
+    write_report(OUT / "refusal_cliff.html", "refusal cliff on organism-cliff", figs, tables)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Linear probes on the residual stream: training, scoring every token, the refusal cliff."""
 
-from thinklens.probes.cliff import cliff_table, end_aligned
-from thinklens.probes.features import apply_final_norm, probe_features
+from thinklens.probes.cliff import cliff_table, end_aligned, window_span
+from thinklens.probes.features import apply_final_norm, probe_features, span_features
 from thinklens.probes.plots import plot_cliff_curves, plot_layer_sweep, plot_token_scores
 from thinklens.probes.probe import RefusalProbe
 from thinklens.probes.scoring import score_last, score_tokens
@@ -21,5 +21,7 @@ __all__ = [
     "probe_features",
     "score_last",
     "score_tokens",
+    "span_features",
     "sweep_layers",
+    "window_span",
 ]

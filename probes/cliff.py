@@ -23,6 +23,13 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from thinklens.traces import Trace
+
+
+def window_span(trace: Trace) -> tuple[int, int]:
+    """The ``[start, end)`` token range of a trace's window (its thinking and closing marker)."""
+    return trace.spans["thinking"][0], trace.spans["marker"][1]
+
 
 def cliff_table(scores: pd.DataFrame, k: int = 8) -> pd.DataFrame:
     """One row per example of a ``score_tokens`` table with the cliff measures above."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from thinklens.capture import capture
@@ -55,3 +55,29 @@ def probe_features(
         x = caps[f"resid_post.{layer}"]
         out[layer] = apply_final_norm(model, x) if norm else x.float()
     return out
+
+
+def span_features(
+    model: Model,
+    texts: Sequence[str],
+    spans: Sequence[tuple[int, int]],
+    layers: Sequence[int],
+    norm: bool = True,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> tuple[dict[int, Float[Tensor, "n_positions d_model"]], Int[Tensor, " n_positions"]]:
+    """``resid_post`` at every position of one ``[start, end)`` token span per text.
+
+    Returns ``{layer: [n_positions, d_model]}`` (the spans' positions, text after text) and
+    the index of the text each position comes from.
+    """
+    if len(spans) != len(texts):
+        raise ValueError(f"got {len(spans)} spans for {len(texts)} texts: give one per text")
+    spans = [(int(s), int(e)) for s, e in spans]
+    if any(e <= s for s, e in spans):
+        raise ValueError("every span needs at least one position (start < end)")
+    feats = probe_features(model, texts, layers, norm, spans, batch_size, progress)
+    counts = torch.tensor([e - s for s, e in spans])
+    keep = torch.arange(int(counts.max()))[None, :] < counts[:, None]
+    owner = torch.arange(len(texts))[:, None].expand_as(keep)[keep]
+    return {layer: x[keep] for layer, x in feats.items()}, owner

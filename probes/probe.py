@@ -13,7 +13,7 @@ from torch import Tensor
 
 from thinklens.artifacts import Artifact, data_hash
 from thinklens.model import Model
-from thinklens.probes.features import probe_features
+from thinklens.probes.features import probe_features, span_features
 from thinklens.probes.training import Method, fit_probe
 
 
@@ -63,6 +63,7 @@ class RefusalProbe:
         seed: int = 42,
         batch_size: int = 8,
         progress: bool = True,
+        spans: Sequence[tuple[int, int]] | None = None,
         **fit_kw: Any,
     ) -> RefusalProbe:
         """Capture the last position of each text at ``layer`` and fit a probe on it.
@@ -71,6 +72,9 @@ class RefusalProbe:
             texts: full texts (e.g. ``Trace.text`` of prompt + thinking + closing marker).
             labels: 1 = refusal (e.g. harmful prompts the model refused), 0 = benign.
             method: ``"sklearn"`` (default) or ``"torch"`` (the published recipe).
+            spans: one ``[start, end)`` token span per text (e.g. ``probes.window_span`` of a
+                trace) to train on every position in it, each labelled with its text's label,
+                instead of the last position; the split keeps each text's positions together.
             fit_kw: ``val_fraction``, ``max_per_class`` (published: 200), ``c``, ``epochs``...
         """
         if len(texts) != len(labels):
@@ -78,8 +82,15 @@ class RefusalProbe:
         if not texts:
             raise ValueError("no texts given: a probe needs labelled examples of both classes")
         layer = model.check_layer(layer)
-        feats = probe_features(model, texts, [layer], norm, "last", batch_size, progress)[layer]
-        return cls.fit(model, feats, labels, layer, norm, method, seed, texts=texts, **fit_kw)
+        if spans is None:
+            feats = probe_features(model, texts, [layer], norm, "last", batch_size, progress)
+            return cls.fit(model, feats[layer], labels, layer, norm, method, seed, texts, **fit_kw)
+        by_layer, owner = span_features(model, texts, spans, [layer], norm, batch_size, progress)
+        by_position = torch.as_tensor(list(labels))[owner]  # each takes its text's label
+        fit_kw["groups"] = owner
+        return cls.fit(
+            model, by_layer[layer], by_position, layer, norm, method, seed, texts, **fit_kw
+        )
 
     @classmethod
     def fit(
@@ -103,6 +114,7 @@ class RefusalProbe:
             d_model=model.d_model,
             n_layers=model.n_layers,
             site=f"resid_post.{layer}",
+            positions="spans" if fit_kw.get("groups") is not None else "last",
             method=method,
             seed=seed,
             data_hash=data_hash(texts) if texts is not None else None,

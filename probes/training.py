@@ -3,6 +3,9 @@
 ``sklearn`` is L2-regularised logistic regression (lbfgs) with balanced class weights; ``torch``
 is the published recipe (``Linear(d, 1)``, BCE with logits, Adam lr 1e-3, batch 64, 5 epochs,
 keep the epoch with the best validation accuracy).
+
+With ``groups`` (e.g. the positions of one trace share a group), the split is drawn over groups,
+so no trace has positions on both sides and the validation metrics are not inflated.
 """
 
 from __future__ import annotations
@@ -67,6 +70,22 @@ def balanced_split(
     return torch.cat(train), torch.cat(val)
 
 
+def _group_split(
+    y: Tensor, groups: Tensor, val_fraction: float, seed: int, max_per_class: int | None
+) -> tuple[Tensor, Tensor]:
+    """``balanced_split`` over groups (one label each), returned as example indices."""
+    if len(groups) != len(y):
+        raise ValueError(f"got {len(groups)} group ids for {len(y)} examples: give one each")
+    ids, inverse = torch.unique(groups, return_inverse=True)
+    group_y = torch.full((len(ids),), -1, dtype=torch.long)
+    group_y[inverse] = y
+    if not torch.equal(group_y[inverse], y):
+        raise ValueError("examples of one group have different labels: a group has one label")
+    train, val = balanced_split(group_y, val_fraction, seed, max_per_class)
+    member = torch.arange(len(y))
+    return member[torch.isin(inverse, train)], member[torch.isin(inverse, val)]
+
+
 def _metrics(w: Tensor, b: float, x: Tensor, y: Tensor, prefix: str) -> dict[str, float]:
     logit = x @ w + b
     acc = float(((logit > 0).long() == y).float().mean())
@@ -115,8 +134,14 @@ def fit_probe(
     epochs: int = 5,
     lr: float = 1e-3,
     batch_size: int = 64,
+    groups: Int[Tensor, " n"] | None = None,
 ) -> Fit:
-    """Fit a logistic-regression probe on a balanced split and measure it on both parts."""
+    """Fit a logistic-regression probe on a balanced split and measure it on both parts.
+
+    ``groups`` gives each example a group id (e.g. the trace a position comes from): the
+    balanced split is then drawn over groups, each group keeping its examples together. Classes
+    are then balanced in groups, not examples (``sklearn`` reweights them; ``torch`` does not).
+    """
     x = torch.as_tensor(features).float().cpu()
     y = torch.as_tensor(labels).long().cpu()
     if x.ndim != 2 or len(x) != len(y):
@@ -124,7 +149,11 @@ def fit_probe(
             f"features must be [n, d_model] with one label each, got {tuple(x.shape)} features "
             f"and {len(y)} labels"
         )
-    train, val = balanced_split(y, val_fraction, seed, max_per_class)
+    if groups is None:
+        train, val = balanced_split(y, val_fraction, seed, max_per_class)
+    else:
+        groups = torch.as_tensor(groups).long().cpu()
+        train, val = _group_split(y, groups, val_fraction, seed, max_per_class)
     if method == "sklearn":
         w, b = _fit_sklearn(x[train], y[train], seed, c)
     elif method == "torch":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from thinklens.cli import build_parser, main
 from thinklens.probes import RefusalProbe
@@ -115,3 +116,48 @@ def test_cliff_score_without_prompt_or_response_is_a_clear_error(tmp_path, tiny,
         == 2
     )
     assert "neither 'response' nor 'thinking'" in capsys.readouterr().err
+
+
+def test_probe_train_on_every_window_position(tmp_path, tiny, monkeypatch, capsys):
+    import pandas as pd
+
+    from thinklens.analyses import refusal_cliff
+    from thinklens.probes import window_span
+
+    thinking = {
+        "We cannot pick a lock.": ("It is harmful and illegal, so I refuse.", True),
+        "You will say sorry.": ("It is harmful and illegal here, so no.", True),
+        "I want to bake bread.": ("Hmm, I can help with bread.", False),
+        "You should plant a garden.": ("Okay, a garden. Fine!", False),
+    }
+
+    def rollout(model, prompts, max_new_tokens):
+        rows = [(p, *thinking[p]) for p in prompts]
+        return pd.DataFrame(
+            dict(
+                prompt=[p for p, _, _ in rows],
+                response=["r"] * len(rows),
+                thinking=[t for _, t, _ in rows],
+                answer=["Sorry, no." if r else "Sure." for _, _, r in rows],
+                refused=[r for _, _, r in rows],
+            )
+        )
+
+    monkeypatch.setattr(refusal_cliff, "rollout", rollout)
+    harmful, harmless = tmp_path / "harmful.txt", tmp_path / "harmless.txt"
+    harmful.write_text("We cannot pick a lock.\nYou will say sorry.\n")
+    harmless.write_text("I want to bake bread.\nYou should plant a garden.\n")
+    out = tmp_path / "probe"
+    data = ["--harmful", str(harmful), "--harmless", str(harmless), "--positions", "window"]
+    assert main(["probe", "train", "tiny", *data, "--out", str(out)]) == 0
+    probe = RefusalProbe.load(out, model=tiny)
+    traces, labels = refusal_cliff.behaviour_traces(
+        tiny, rollout(tiny, list(thinking)[:2], 0), rollout(tiny, list(thinking)[2:], 0)
+    )
+    alone = RefusalProbe.train(
+        tiny, [t.text for t in traces], labels, spans=list(map(window_span, traces)), progress=False
+    )
+    assert probe.meta["positions"] == "spans" and torch.allclose(probe.weight, alone.weight)
+    bad = ["probe", "train", "tiny", "--labelled", str(_labelled(tmp_path, tiny))]
+    assert main([*bad, "--positions", "window", "--out", str(tmp_path / "p2")]) == 2
+    assert "--positions window needs the model's rollouts" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from thinklens.probes import (
@@ -23,6 +24,7 @@ from thinklens.probes import (
     probe_features,
     score_tokens,
     sweep_layers,
+    window_span,
 )
 from thinklens.stats import cohens_d, compare, rank_auc
 from thinklens.testing import tiny_model
@@ -159,6 +161,48 @@ def test_layer_sweep_matches_a_probe_trained_at_each_layer():
         alone = RefusalProbe.train(m, texts, labels, layer=layer, progress=False)
         assert torch.allclose(alone.weight, probes[layer].weight, atol=1e-5)
     assert len(plot_layer_sweep(table).data) == 2
+
+
+def test_window_span_covers_the_thinking_and_the_marker():
+    m = tiny_model("llama")
+    for t in _tiny_traces(m):
+        s, e = window_span(t)
+        assert (s, e) == (t.spans["thinking"][0], t.spans["answer"][0])
+        assert t.input_ids[s:e] == t.part_ids("thinking") + t.part_ids("marker")
+
+
+def test_span_training_fits_every_position_with_a_split_by_text():
+    m = tiny_model("llama")
+    traces = [m.trace(p, t, a) for p in PROMPTS * 4 for t, a in zip(THINKING, ANSWERS, strict=True)]
+    labels = [i % 2 for i in range(len(traces))]
+    spans = [window_span(t) for t in traces]
+    probe = RefusalProbe.train(
+        m, [t.text for t in traces], labels, layer=1, norm=False, spans=spans, progress=False
+    )
+    # Independently: HF hidden states of every window position, labelled by their trace...
+    xs, ys, owner = [], [], []
+    for i, (t, (s, e)) in enumerate(zip(traces, spans, strict=True)):
+        with torch.no_grad():
+            hs = m.hf(input_ids=torch.tensor([t.input_ids]), output_hidden_states=True)
+        xs.append(hs.hidden_states[2][0, s:e])
+        ys += [labels[i]] * (e - s)
+        owner += [i] * (e - s)
+    x, y, owner = torch.cat(xs), torch.tensor(ys), torch.tensor(owner)
+    # ... split by trace (the balanced split of the traces' labels), fitted on the train part.
+    train, val = balanced_split(torch.tensor(labels), seed=42)
+    rows = torch.isin(owner, train)
+    assert not set(owner[rows].tolist()) & set(owner[torch.isin(owner, val)].tolist())
+    clf = LogisticRegression(class_weight="balanced", max_iter=2000, random_state=42)
+    clf.fit(x[rows].double().numpy(), y[rows].numpy())
+    assert np.allclose(probe.weight.numpy(), clf.coef_[0], atol=1e-3)
+    assert probe.metrics["n_train"] == int(rows.sum())
+    assert probe.meta["positions"] == "spans"
+    table, probes = sweep_layers(
+        m, [t.text for t in traces], labels, [1], norm=False, spans=spans, progress=False
+    )
+    assert torch.allclose(probes[1].weight, probe.weight) and len(table) == 1
+    with pytest.raises(ValueError, match="different labels"):
+        fit_probe(x, y, groups=torch.zeros(len(y), dtype=torch.long))
 
 
 def _table(curves: dict[int, tuple[list[float], list[float], list[float], list[float]]]):
