@@ -19,7 +19,13 @@ from thinklens.analyses.judge_export import export_selection
 from thinklens.analyses.judge_plots import plot_selection
 from thinklens.analyses.judge_pool import build_pool
 from thinklens.analyses.judge_select import score_pool, select
-from thinklens.analyses.refusal_cliff import GROUPS, behaviour_labels, cliff_by_group, traces_of
+from thinklens.analyses.refusal_cliff import (
+    GROUPS,
+    behaviour_traces,
+    cliff_by_group,
+    probe_from_rollouts,
+    traces_of,
+)
 from thinklens.data import bundled_prompts
 from thinklens.interventions import apply, compute_directions
 from thinklens.interventions.head_attribution import score_heads
@@ -33,8 +39,9 @@ from thinklens.report import Section
 HEAD_FRACTION = 0.03
 #: The abliteration preset: DECCP takes its direction at layer int(0.6 L), so no search runs.
 PRESET = "deccp"
-#: Tail length of the cliff, in tokens.
-CLIFF_K = 8
+#: Tail length of the cliff, in tokens: organism-cliff turns 10-20 tokens before its answer,
+#: and k = 16 was chosen on validation rollouts (benchmarks/results/refusal_cliff.txt).
+CLIFF_K = 16
 #: Share of the candidate pool Cliff-as-a-Judge selects.
 SELECT_FRACTION = 0.25
 
@@ -55,18 +62,16 @@ def _f(x: float) -> str:
 def cliff_step(model: Model, table: pd.DataFrame) -> tuple[RefusalProbe, Step]:
     """Step 1: the probe from the train rollouts, the cliffs of the test rollouts."""
     train, test = table[table["split"] == "train"], table[table["split"] == "test"]
-    # Complied harmful traces are negatives, so the probe reads the intent to refuse rather
-    # than the topic (with refused harmful vs harmless alone it reads harmfulness here).
-    texts, labels = behaviour_labels(
-        model,
-        train[train["group"] == "harmful"],
-        train[train["group"] == "harmless"],
-        complied_negative=True,
+    # The window probe: every thinking and marker position of the refused harmful (1) and
+    # harmless (0) train traces. A probe read only at the last position does not transfer to
+    # the thinking, where the cliff is measured.
+    _, labels = behaviour_traces(
+        model, train[train["group"] == "harmful"], train[train["group"] == "harmless"]
     )
-    probe = RefusalProbe.train(model, texts, labels, progress=False)
+    probe = probe_from_rollouts(model, train, positions="window", progress=False)
     m = probe.metrics
     probe_table = pd.DataFrame(
-        [dict(layer=probe.layer, refused=sum(labels), not_refused=len(labels) - sum(labels))]
+        [dict(layer=probe.layer, refused=sum(labels), harmless=len(labels) - sum(labels))]
     ).assign(**{k: m[k] for k in ("n_train", "n_val", "val_accuracy", "val_auroc")})
     res = cliff_by_group(model, probe, test, k=CLIFF_K, progress=False)
     measures = ["plateau", "tail_mean", "cliff", "last_score"]
@@ -95,11 +100,13 @@ def cliff_step(model: Model, table: pd.DataFrame) -> tuple[RefusalProbe, Step]:
     sections = [
         Section(
             "1. A refusal probe on organism-cliff",
-            f"A logistic probe on layer {probe.layer} (after the final norm), read at the "
-            f"closing thinking marker of {len(labels)} train-split traces labelled by the "
-            f"organism's own behaviour ({sum(labels)} refused harmful = 1; "
-            f"{len(labels) - sum(labels)} harmless or complied harmful = 0), scores "
-            f"{m['n_val']:.0f} validation traces with accuracy {_f(m['val_accuracy'])}. On the "
+            f"A logistic probe on layer {probe.layer} (after the final norm), trained on every "
+            f"token of the thinking and closing marker of {len(labels)} train-split traces "
+            f"labelled by the organism's own behaviour ({sum(labels)} refused harmful = 1, "
+            f"{len(labels) - sum(labels)} harmless = 0; complied harmful traces are left out, "
+            "their intent turns inside the thinking), scores the "
+            f"{m['n_val']:.0f} positions of held-back traces with accuracy "
+            f"{_f(m['val_accuracy'])}. On the "
             "test-split traces its score at the last token before the answer ranks refused "
             f"above complied harmful traces with AUROC {_f(held_out)}.",
             table=probe_table,
