@@ -115,10 +115,13 @@ def behaviour_labels(
     """Probe texts (prompt + thinking + marker) and labels from the model's own behaviour.
 
     Published: 1 = refused harmful, 0 = benign. With ``complied_negative`` the harmful traces
-    the model answered are labelled 0 too, so the probe reads the intent to refuse rather
-    than the harmfulness of the topic (on organism-cliff the published labels give a probe
-    that scores complied harmful traces as high as refused ones at the last position:
-    benchmarks/results/refusal_cliff.txt).
+    the model answered are labelled 0 too. Each text ends at the marker, as published; its
+    tokenizer may merge the marker's closing newlines into one token that a trace with an
+    answer after it splits (as the model wrote it), so ``score_tokens`` reads the last marker
+    position at another token than the probe was trained on: on organism-cliff the probe
+    separates the groups at its own token (refused 0.975, complied 0.003, harmless 0.005) but
+    not at the scored one (1.000 / 0.927 / 0.729; benchmarks/results/refusal_cliff.txt).
+    ``behaviour_traces`` and the window probe read the traces' own tokens.
     """
     refused, ok = _labelled_rows(
         harmful, benign, min_thinking_words, max_per_class, complied_negative
