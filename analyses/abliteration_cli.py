@@ -158,7 +158,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     base = _load(args)
     metrics = _metrics(args, base)
-    rows = {"base": dict(refusals=metrics.base_refusals) | metrics.kl(base)}
+    rows = {"base": metrics.base_row()}
     if args.edited:
         edited = tl.load_model(args.edited, backend=args.backend)
     elif args.directions:

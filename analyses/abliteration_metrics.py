@@ -91,6 +91,13 @@ class AbliterationMetrics:
             out["kl_answer"] = float(kl_divergence(self.base_answer_logits, edited))
         return out
 
+    def base_row(self) -> dict[str, float]:
+        """The base model's own metrics (what ``self(base)`` gives), from what ``prepare``
+        measured: its refusals, and KL(base || base) = 0, without generating again."""
+        kl = dict.fromkeys(["kl"] + (["kl_answer"] if self.answer_texts is not None else []), 0.0)
+        n = self.base_refusals
+        return dict(refusals=n, refusal_rate=n / len(self.harmful)) | kl
+
     def __call__(self, model: Model) -> dict[str, float]:
         """Refusals, refusal rate, and the KL numbers of ``model``."""
         n = count_refusals(model, self.harmful, self.max_new_tokens, self.batch_size)

@@ -79,6 +79,7 @@ def test_metrics_measure_the_base_as_unchanged(setup):
     out = metrics(m)
     assert out["kl"] == pytest.approx(0.0, abs=1e-9)
     assert out["refusals"] == metrics.base_refusals and "kl_answer" not in out
+    assert metrics.base_row() == pytest.approx(out, abs=1e-9)  # the same row, not regenerated
 
 
 def test_thinking_aware_kl_reads_the_first_answer_token():
@@ -87,6 +88,7 @@ def test_thinking_aware_kl_reads_the_first_answer_token():
     assert all(t.endswith("</think>\n\n") for t in metrics.answer_texts)
     assert all(t.startswith(m.chat(p)) for t, p in zip(metrics.answer_texts, HARMLESS, strict=True))
     assert metrics.kl(m)["kl_answer"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics.base_row()["kl_answer"] == 0.0
 
 
 def test_gsm8k_answer_extraction(tiny):

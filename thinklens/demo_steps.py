@@ -234,11 +234,7 @@ def abliteration_step(model: Model, n: int, max_new_tokens: int, batch_size: int
         model, harmful, harmless[:n], max_new_tokens=max_new_tokens, batch_size=batch_size
     )
     after = metrics(edited)
-    before = dict(
-        refusals=metrics.base_refusals,
-        refusal_rate=metrics.base_refusals / len(metrics.harmful),
-    )
-    before |= {k: 0.0 for k in after if k.startswith("kl")}  # KL(base || base)
+    before = metrics.base_row()
     table = pd.DataFrame([dict(model=model.name, **before), dict(model=edited.name, **after)])
     last = dirs.positions.index(-1)
     norms = dirs.directions(normalize=False)[last].norm(dim=-1)
