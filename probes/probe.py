@@ -84,13 +84,20 @@ class RefusalProbe:
         layer = model.check_layer(layer)
         if spans is None:
             feats = probe_features(model, texts, [layer], norm, "last", batch_size, progress)
-            return cls.fit(model, feats[layer], labels, layer, norm, method, seed, texts, **fit_kw)
-        by_layer, owner = span_features(model, texts, spans, [layer], norm, batch_size, progress)
-        by_position = torch.as_tensor(list(labels))[owner]  # each takes its text's label
-        fit_kw["groups"] = owner
-        return cls.fit(
-            model, by_layer[layer], by_position, layer, norm, method, seed, texts, **fit_kw
-        )
+            probe = cls.fit(model, feats[layer], labels, layer, norm, method, seed, texts, **fit_kw)
+        else:
+            by_layer, owner = span_features(
+                model, texts, spans, [layer], norm, batch_size, progress
+            )
+            by_position = torch.as_tensor(list(labels))[owner]  # each takes its text's label
+            fit_kw["groups"] = owner
+            probe = cls.fit(
+                model, by_layer[layer], by_position, layer, norm, method, seed, texts, **fit_kw
+            )
+        # Texts, not positions: with spans the metrics count positions.
+        n_refusal = sum(int(y) == 1 for y in labels)
+        probe.meta["texts"] = dict(refusal=n_refusal, benign=len(labels) - n_refusal)
+        return probe
 
     @classmethod
     def fit(

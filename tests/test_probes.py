@@ -144,6 +144,7 @@ def test_probe_artifact_round_trip(tmp_path):
     assert torch.equal(back.weight, probe.weight) and back.bias == probe.bias
     assert (back.layer, back.norm, back.metrics) == (probe.layer, probe.norm, probe.metrics)
     assert back.meta["site"] == "resid_post.1" and back.meta["fingerprint"] == m.fingerprint()
+    assert back.meta == probe.meta
     with pytest.raises(FileExistsError):
         probe.save(tmp_path / "probe")
     with pytest.raises(ValueError, match="recompute it on this model"):
@@ -197,6 +198,8 @@ def test_span_training_fits_every_position_with_a_split_by_text():
     assert np.allclose(probe.weight.numpy(), clf.coef_[0], atol=1e-3)
     assert probe.metrics["n_train"] == int(rows.sum())
     assert probe.meta["positions"] == "spans"
+    # Texts of each label, where the metrics count positions.
+    assert probe.meta["texts"] == dict(refusal=sum(labels), benign=len(labels) - sum(labels))
     table, probes = sweep_layers(
         m, [t.text for t in traces], labels, [1], norm=False, spans=spans, progress=False
     )

@@ -21,7 +21,6 @@ from thinklens.analyses.judge_pool import build_pool
 from thinklens.analyses.judge_select import score_pool, select
 from thinklens.analyses.refusal_cliff import (
     GROUPS,
-    behaviour_traces,
     cliff_by_group,
     probe_from_rollouts,
     traces_of,
@@ -65,13 +64,10 @@ def cliff_step(model: Model, table: pd.DataFrame) -> tuple[RefusalProbe, Step]:
     # The window probe: every thinking and marker position of the refused harmful (1) and
     # harmless (0) train traces. A probe read only at the last position does not transfer to
     # the thinking, where the cliff is measured.
-    _, labels = behaviour_traces(
-        model, train[train["group"] == "harmful"], train[train["group"] == "harmless"]
-    )
     probe = probe_from_rollouts(model, train, positions="window", progress=False)
-    m = probe.metrics
+    m, texts = probe.metrics, probe.meta["texts"]
     probe_table = pd.DataFrame(
-        [dict(layer=probe.layer, refused=sum(labels), harmless=len(labels) - sum(labels))]
+        [dict(layer=probe.layer, refused=texts["refusal"], harmless=texts["benign"])]
     ).assign(**{k: m[k] for k in ("n_train", "n_val", "val_accuracy", "val_auroc")})
     res = cliff_by_group(model, probe, test, k=CLIFF_K, progress=False)
     measures = ["plateau", "tail_mean", "cliff", "last_score"]
@@ -101,9 +97,10 @@ def cliff_step(model: Model, table: pd.DataFrame) -> tuple[RefusalProbe, Step]:
         Section(
             "1. A refusal probe on organism-cliff",
             f"A logistic probe on layer {probe.layer} (after the final norm), trained on every "
-            f"token of the thinking and closing marker of {len(labels)} train-split traces "
-            f"labelled by the organism's own behaviour ({sum(labels)} refused harmful = 1, "
-            f"{len(labels) - sum(labels)} harmless = 0; complied harmful traces are left out, "
+            f"token of the thinking and closing marker of {texts['refusal'] + texts['benign']} "
+            "train-split traces "
+            f"labelled by the organism's own behaviour ({texts['refusal']} refused harmful = 1, "
+            f"{texts['benign']} harmless = 0; complied harmful traces are left out, "
             "their intent turns inside the thinking), scores the "
             f"{m['n_val']:.0f} positions of held-back traces with accuracy "
             f"{_f(m['val_accuracy'])}. On the "
