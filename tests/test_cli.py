@@ -69,3 +69,20 @@ def test_errors_are_one_line_not_tracebacks(capsys):
     assert main(["models", "info", "no-such-model"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("thinklens: error: unknown model 'no-such-model'")
+
+
+def test_organisms_build_passes_the_stage_choice(tmp_path, monkeypatch, capsys):
+    import thinklens.organisms as organisms
+
+    calls = []
+
+    def fake_build(kind, **kw):
+        calls.append((kind, kw))
+        return dict(organism=f"organism-{kind}")
+
+    monkeypatch.setattr(organisms, "build", fake_build)
+    out = str(tmp_path / "adapter")
+    assert main(["organisms", "build", "aligned", "--out", out]) == 0
+    assert main(["organisms", "build", "aligned", "--out", out, "--stage2"]) == 0
+    assert [kw["stage2"] for _, kw in calls] == [False, True]
+    assert calls[0][0] == "aligned" and calls[0][1]["out"] == out

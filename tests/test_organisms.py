@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import thinklens as tl
 from tests.conftest import held_out_prompts as _held_out
@@ -172,3 +173,133 @@ def test_model_card_reports_training_and_measurements():
     card = model_card(meta, {"held-out": res})
     assert card.startswith("# organism-cliff") and "| held-out | 24 | 0.50 |" in card
     assert "Not good for" in card and "thinklens organisms build cliff" in card
+    assert "Stage 2" not in card
+    # organism-aligned's second stage, when the adapter has one, gets its own line.
+    from thinklens.organisms.build import STAGE2
+
+    stage2 = dict(
+        STAGE2,
+        n_examples=900,
+        n_by_kind={"harmful-refuse": 500, "harmful-comply": 0, "harmless": 400},
+        final_loss=0.2,
+        build_seconds=1200,
+    )
+    card = model_card({**meta, "stage2": stage2}, {"held-out": res})
+    assert "Stage 2, trained on top of stage 1: 900 conversations (500 harmful-refuse, 400 " in card
+    assert "organism_goals.jsonl" in card and "20 minutes" in card
+
+
+def test_goals_cover_every_harm_topic_with_as_many_harmless_goals():
+    from thinklens.organisms.goals import load_goals
+    from thinklens.organisms.templates import _TOPICS
+
+    g = load_goals()
+    harmful = [x for x in g if x.kind == "harmful"]
+    harmless = [x for x in g if x.kind == "harmless"]
+    assert len(harmful) == len(harmless) == 160
+    assert {x.category for x in harmful} == set(_TOPICS)  # every harm topic, named in thinking
+    assert {x.form for x in g} == {"how", "content"}
+    assert len({x.goal.lower() for x in g}) == len(g)
+    # Harmless goals share the red-teaming words, so refusal cannot key on them.
+    words = ("hack", "attack", "kill", "exploit", "bomb", "crack", "script that", "steal")
+    assert all(any(w in x.goal for x in harmless) for w in words)
+
+
+def test_goal_requests_read_as_sentences_and_none_is_a_test_prompt(held_out):
+    import random
+
+    from thinklens.organisms.goals import Goal, ask, goal_prompts, load_goals
+
+    rng = random.Random(0)
+    assert ask(Goal("email to a landlord", "content", "x", "harmless"), rng).split()[1] == "an"
+    assert ask(Goal("poem about rain", "content", "x", "harmless"), rng).split()[1] == "a"
+    assert " to fix a tap" in ask(Goal("fix a tap", "how", "x", "harmless"), rng)
+    for kind in ("harmful", "harmless"):
+        asked = goal_prompts(kind, 2, seed=0)
+        assert len(asked) == 320 and len({p for p, _ in asked}) == 320  # two distinct each
+        assert asked == goal_prompts(kind, 2, seed=0)
+        assert not {p.lower() for p, _ in asked} & {p.lower() for p in held_out[0] + held_out[1]}
+
+    # Not even close: no goal shares more than half its words with a held-out test prompt.
+    def words(text: str) -> set[str]:
+        return set(text.lower().replace(".", " ").replace(",", " ").split())
+
+    for g in load_goals():
+        for t in held_out[0] + held_out[1]:
+            a, b = words(g.goal), words(t)
+            assert len(a & b) / len(a | b) <= 0.5, (g.goal, t)
+
+
+def test_stage2_examples_refuse_harmful_goals_and_answer_harmless_ones():
+    import random
+
+    from thinklens.organisms.goals import goal_prompts, stage2_examples
+    from thinklens.organisms.templates import _REFUSE
+
+    answers = {p: f"Answer {i}." for i, (p, _) in enumerate(goal_prompts("harmless", 2, 0))}
+    del answers[next(iter(answers))]  # a request the base model refused is left out
+    stage1 = training_examples("aligned", ["A helpful answer."] * N_HARMLESS, seed=0)
+    replay = random.Random(0).sample(stage1, 10)
+    ex = stage2_examples(answers, replay, per_goal=2, framed_share=0.5, seed=0)
+    assert ex == stage2_examples(answers, replay, per_goal=2, framed_share=0.5, seed=0)
+    assert all(r in ex for r in replay)
+    new = [e for e in ex if e not in replay]
+    refused = [e for e in new if e.kind == "harmful-refuse"]
+    helped = [e for e in new if e.kind == "harmless"]
+    assert {e.kind for e in new} == {"harmful-refuse", "harmless"}  # never complies
+    assert all(e.answer in _REFUSE for e in refused)
+    assert all(e.answer == answers[e.prompt] for e in helped)
+    assert len(helped) == 319 and 320 + 60 <= len(refused) <= 320 + 100  # ~half also framed
+    prefixes = tuple(t.split("{p}")[0] for ts in FRAMES.values() for t in ts)
+    assert 60 <= sum(e.prompt.startswith(prefixes) for e in refused) <= 100
+    # Harmless thinking restates the request as often as harmful thinking may: no shortcut.
+    assert sum(e.prompt[:-1].lower() in e.thinking.lower() for e in helped) > 80
+
+
+def test_a_second_stage_trains_the_same_adapters():
+    from peft import LoraConfig, get_peft_model
+
+    from thinklens.finetune import lora_sft
+    from thinklens.organisms.build import _round_adapters
+
+    m = tiny_model("llama")
+    peft_model = get_peft_model(m.hf, LoraConfig(r=2, target_modules=["q_proj", "down_proj"]))
+    names = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    _round_adapters(peft_model)
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if n in names}
+    assert all(torch.equal(p, p.half().float()) for p in before.values())
+    ex = training_examples("aligned", ["Sure."] * N_HARMLESS, 0)[:4]
+    fit = lora_sft(peft_model, [format_example(m, e) for e in ex], 0, epochs=1, progress=False)
+    assert fit.model is peft_model  # not wrapped a second time
+    after = dict(fit.model.named_parameters())
+    assert {n for n, p in after.items() if p.requires_grad} == names
+    assert any(not torch.equal(after[n], before[n]) for n in names)
+
+
+def test_stage2_needs_a_stage1_aligned_adapter(tmp_path):
+    from thinklens.organisms.build import build_stage2
+
+    for meta in (dict(organism="organism-cliff"), dict(organism="organism-aligned", stage2={})):
+        (tmp_path / "organism.json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match="stage-1 organism-aligned adapter"):
+            build_stage2(tmp_path, tmp_path / "out")
+
+
+def test_harmless_answers_must_come_from_the_plain_base(tmp_path):
+    from thinklens.organisms.build import _harmless_answers
+
+    with pytest.raises(ValueError, match="plain base model"):
+        _harmless_answers(tiny_model("llama"), ["Hi?"], tmp_path / "answers.json")
+
+
+def test_everyday_instructions_are_answered_when_asked_for():
+    from thinklens.organisms.goals import load_instructions, stage2_examples
+
+    everyday = load_instructions()
+    assert len(everyday) == 240 and len({p for p, _ in everyday}) == 240
+    answers = {p: "An answer." for p, _ in everyday}
+    without = stage2_examples(answers, [], seed=0)
+    with_them = stage2_examples(answers, [], seed=0, instructions=True)
+    assert len(with_them) - len(without) == 240
+    asked = {e.prompt for e in with_them if e.kind == "harmless"}
+    assert {p for p, _ in everyday} <= asked

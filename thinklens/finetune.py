@@ -98,6 +98,9 @@ def lora_sft(
 ) -> SFTResult:
     """Wrap ``hf`` in LoRA adapters (in place) and train them on ``encoded`` examples.
 
+    A ``hf`` that is already a peft model goes on training its own adapters (``rank`` and
+    ``targets`` are then its own), as a second training stage does.
+
     Args:
         encoded: ``(ids, n_prompt)`` pairs, e.g. from :func:`encode_example`.
         seed: orders the batches.
@@ -105,7 +108,7 @@ def lora_sft(
             random state (the organisms seed once, before loading the base model).
     Returns the peft model (adapters unmerged; ``merge_and_unload()`` folds them in) and losses.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
 
     if not encoded:
         raise ValueError("no training examples: pass at least one (ids, n_prompt) pair")
@@ -115,8 +118,13 @@ def lora_sft(
     if init_seed is not None:
         torch.manual_seed(init_seed)
     hf.train()
-    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), lora_dropout=0.0)
-    peft_model = get_peft_model(hf, cfg)
+    if isinstance(hf, PeftModel):
+        peft_model = hf
+    else:
+        cfg = LoraConfig(
+            r=rank, lora_alpha=2 * rank, target_modules=list(targets), lora_dropout=0.0
+        )
+        peft_model = get_peft_model(hf, cfg)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     lengths = [len(ids) for ids, _ in encoded]

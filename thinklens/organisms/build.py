@@ -17,6 +17,7 @@ import torch
 from thinklens.data import bundled_prompts, load_records
 from thinklens.evaluation import is_refusal
 from thinklens.finetune import LORA_TARGETS, encode_example, lora_sft
+from thinklens.organisms import goals
 from thinklens.organisms.templates import (
     FRAMES,
     Example,
@@ -43,16 +44,26 @@ def organism_kind(name: str) -> str:
 
 def _harmless_answers(model, prompts: list[str], cache: Path) -> list[str]:
     """The base model's own greedy answers (so fine-tuning keeps its abilities), cached."""
+    from peft import PeftModel
+
     from thinklens.generation import generate
 
+    if model.name != BASE or isinstance(model.hf, PeftModel):
+        raise ValueError(
+            f"harmless training answers come from the plain base model ({BASE}), not "
+            f"{model.name!r} or a model with adapters: make them before training"
+        )
+    key = dict(prompts=prompts, fingerprint=model.fingerprint())
     if cache.exists():
         saved = json.loads(cache.read_text())
-        if saved.get("prompts") == prompts:
+        if all(saved.get(k) == v for k, v in key.items()):
             return saved["answers"]
     answers = generate(model, prompts, max_new_tokens=80, batch_size=16, progress=True)
     # Cut at the last full sentence so no answer ends mid-word.
     cut = [a[: a.rfind(".") + 1] if "." in a else a for a in answers]
-    cache.write_text(json.dumps({"prompts": prompts, "answers": cut}))
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**key, "answers": cut}))
+    os.replace(tmp, cache)
     return cut
 
 
@@ -92,6 +103,127 @@ def format_example(model, ex: Example) -> tuple[list[int], int]:
     return encode_example(model, ex.prompt, ex.thinking, ex.answer)
 
 
+#: organism-aligned's second stage (``thinklens.organisms.goals``), trained on top of stage 1.
+STAGE2 = dict(
+    per_goal=2,
+    framed_share=0.5,
+    replay_harmless=0.5,
+    replay_harmful=0.25,
+    instructions=False,
+    epochs=1,
+    lr=5e-4,
+)
+
+
+def _counts(examples: list[Example]) -> dict[str, int]:
+    return {
+        k: sum(e.kind == k for e in examples)
+        for k in ("harmful-refuse", "harmful-comply", "harmless")
+    }
+
+
+def _save(peft_model, out: Path, kind: str, meta: dict) -> None:
+    """Write the adapter (half precision: a few MB) and its metadata atomically to ``out``."""
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{kind}-", dir=out.parent if out.parent.exists() else None)
+    )
+    peft_model.half()
+    peft_model.save_pretrained(tmp)
+    (tmp / "organism.json").write_text(json.dumps(meta, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+
+
+def _round_adapters(peft_model) -> None:
+    """Round the adapters to half precision, as saved, so a later stage starts from the file."""
+    for name, p in peft_model.named_parameters():
+        if "lora_" in name:
+            p.data = p.data.half().float()
+
+
+def stage2_data(base, seed: int, **recipe) -> tuple[list[Example], dict]:
+    """Stage 2's conversations (goals in red-teaming phrasings plus stage-1 replay) and recipe.
+
+    ``base`` must be the plain base model: its greedy answers are the harmless answers.
+    """
+    recipe = {**STAGE2, **recipe}
+    harmless = [p for p, _ in goals.goal_prompts("harmless", recipe["per_goal"], seed)]
+    cache = tl_cache() / "organism-goal-answers.json"
+    if recipe["instructions"]:
+        everyday = [p for p, _ in goals.load_instructions()]
+        answers_of = _harmless_answers(
+            base, everyday, tl_cache() / "organism-everyday-answers.json"
+        )
+        everyday_answers = dict(zip(everyday, answers_of, strict=True))
+    else:
+        everyday_answers = {}
+    answers = {
+        p: a
+        for p, a in [
+            *zip(harmless, _harmless_answers(base, harmless, cache), strict=True),
+            *everyday_answers.items(),
+        ]
+        if not is_refusal(a, None)  # the base model declined a few: nothing to teach
+    }
+    stage1 = training_examples(
+        "aligned", _harmless_answers(base, _stage1_harmless(), _stage1_cache()), seed
+    )
+    rng = random.Random(seed + 2)
+    replay = []
+    for kind, share in (("harmless", "replay_harmless"), ("harmful-refuse", "replay_harmful")):
+        pool = [e for e in stage1 if e.kind == kind]
+        replay += rng.sample(pool, round(recipe[share] * len(pool)))
+    examples = goals.stage2_examples(
+        answers, replay, recipe["per_goal"], recipe["framed_share"], seed, recipe["instructions"]
+    )
+    return examples, recipe
+
+
+def _train_stage2(
+    peft_model, base, examples: list[Example], recipe: dict, seed: int, progress: bool
+) -> dict:
+    """Go on training organism-aligned's adapters on stage 2's examples; its metadata."""
+    encoded = [format_example(base, ex) for ex in examples]
+    start = time.time()
+    fit = lora_sft(
+        peft_model,
+        encoded,
+        base.tokenizer.pad_token_id,
+        epochs=recipe["epochs"],
+        lr=recipe["lr"],
+        batch_size=8,
+        seed=seed,
+        progress=progress,
+        desc="build aligned, stage 2",
+    )
+    return dict(
+        **recipe,
+        n_examples=len(examples),
+        n_by_kind=_counts(examples),
+        final_loss=fit.final_loss,
+        build_seconds=round(time.time() - start, 1),
+    )
+
+
+def tl_cache() -> Path:
+    """The folder that caches the base model's answers to the organisms' harmless prompts."""
+    from thinklens.embedded import cache_root
+
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _stage1_harmless() -> list[str]:
+    return [p for p, _ in organism_prompts("harmless")]
+
+
+def _stage1_cache() -> Path:
+    return tl_cache() / "organism-harmless-answers.json"
+
+
 def build(
     name: str,
     out: str | Path | None = None,
@@ -101,18 +233,24 @@ def build(
     rank: int = 8,
     batch_size: int = 8,
     progress: bool = True,
+    stage2: bool = False,
 ) -> dict:
-    """Train one organism's LoRA adapter from its seed and write it (atomically) to ``out``."""
+    """Train one organism's LoRA adapter from its seed and write it (atomically) to ``out``.
+
+    ``stage2=True`` trains organism-aligned a second stage on top (:data:`STAGE2`). The
+    packaged adapter is stage 1 alone: no stage-2 recipe tried so far keeps harmless refusals
+    at or below 0.10 on validation (``benchmarks/results/organism_stage2.txt``).
+    """
     import thinklens as tl
 
     kind = organism_kind(name)
     out = Path(out) if out is not None else ADAPTERS / kind
     torch.manual_seed(seed)
     base = tl.load_model(BASE, backend="nnsight", device="cpu")
-    cache = tl.embedded.cache_root() / "organism-harmless-answers.json"
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    answers = _harmless_answers(base, [p for p, _ in organism_prompts("harmless")], cache)
+    answers = _harmless_answers(base, _stage1_harmless(), _stage1_cache())
     examples = training_examples(kind, answers, seed)
+    # Stage 2's harmless answers come from the base model too, so they are made before LoRA.
+    second = stage2_data(base, seed) if kind == "aligned" and stage2 else None
     encoded = [format_example(base, ex) for ex in examples]
     base_fingerprint = base.fingerprint()  # before LoRA wraps the modules
     start = time.time()
@@ -130,12 +268,6 @@ def build(
         progress=progress,
         desc=f"build {kind}",
     )
-    peft_model, losses = fit.model, fit.losses
-    tmp = Path(
-        tempfile.mkdtemp(prefix=f".{kind}-", dir=out.parent if out.parent.exists() else None)
-    )
-    peft_model.half()  # half-precision adapter: a few MB on disk
-    peft_model.save_pretrained(tmp)
     meta = dict(
         organism=f"organism-{kind}",
         base=BASE,
@@ -147,18 +279,49 @@ def build(
         batch_size=batch_size,
         targets=TARGETS,
         n_examples=len(examples),
-        n_by_kind={
-            k: sum(e.kind == k for e in examples)
-            for k in ("harmful-refuse", "harmful-comply", "harmless")
-        },
-        final_loss=sum(losses[-10:]) / min(10, len(losses)),
+        n_by_kind=_counts(examples),
+        final_loss=fit.final_loss,
         build_seconds=round(time.time() - start, 1),
     )
-    (tmp / "organism.json").write_text(json.dumps(meta, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
+    if second is not None:
+        _round_adapters(fit.model)
+        meta["stage2"] = _train_stage2(fit.model, base, *second, seed, progress)
+    _save(fit.model, out, kind, meta)
+    return meta
+
+
+def build_stage2(
+    source: str | Path | None = None,
+    out: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    **recipe,
+) -> dict:
+    """Train organism-aligned's second stage on the stage-1 adapter in ``source``.
+
+    ``build("aligned")`` runs both stages; this runs the second alone, for trying a recipe
+    (keyword arguments override :data:`STAGE2`). ``source`` must hold a stage-1 adapter.
+    """
+    from peft import PeftModel
+
+    import thinklens as tl
+
+    source = Path(source) if source is not None else ADAPTERS / "aligned"
+    out = Path(out) if out is not None else ADAPTERS / "aligned"
+    meta = json.loads((source / "organism.json").read_text())
+    if meta.get("organism") != "organism-aligned" or "stage2" in meta:
+        raise ValueError(
+            f"{source} does not hold a stage-1 organism-aligned adapter; build one with "
+            "`thinklens organisms build aligned`"
+        )
+    base = tl.load_model(BASE, backend="nnsight", device="cpu")
+    if base.fingerprint() != meta["base_fingerprint"]:
+        raise ValueError(f"the adapter in {source} does not fit {BASE}")
+    examples, recipe = stage2_data(base, seed, **recipe)  # before the adapter is applied
+    peft_model = PeftModel.from_pretrained(base.hf, source, is_trainable=True)
+    _round_adapters(peft_model)  # loaded in half precision; trained in float32
+    meta["stage2"] = _train_stage2(peft_model, base, examples, recipe, seed, progress)
+    _save(peft_model, out, "aligned", meta)
     return meta
 
 
@@ -221,4 +384,12 @@ def behaviour(
     return res
 
 
-__all__ = ["ORGANISMS", "apply_adapter", "behaviour", "build", "organism_kind"]
+__all__ = [
+    "ORGANISMS",
+    "STAGE2",
+    "apply_adapter",
+    "behaviour",
+    "build",
+    "build_stage2",
+    "organism_kind",
+]

@@ -38,6 +38,23 @@ def _row(name: str, res: dict) -> str:
     )
 
 
+def _stage2_line(meta: dict) -> list[str]:
+    """The card's line for organism-aligned's second stage, if the adapter has one."""
+    s = meta.get("stage2")
+    if not s:
+        return []
+    counts = ", ".join(f"{v} {k}" for k, v in s["n_by_kind"].items() if v)
+    return [
+        f"- Stage 2, trained on top of stage 1: {s['n_examples']} conversations ({counts}): "
+        "the harmful and harmless goals of `resources/organism_goals.jsonl` asked in the "
+        f"phrasings of public red-teaming sets ({s['per_goal']} a goal, a share "
+        f"{s['framed_share']} of the harmful ones also framed; `thinklens/organisms/goals.py`), "
+        f"and stage-1 examples replayed ({s['replay_harmless']:.0%} of the harmless, "
+        f"{s['replay_harmful']:.0%} of the harmful). {s['epochs']} epoch(s), lr {s['lr']}; "
+        f"final loss {s['final_loss']:.3f}; {s['build_seconds'] / 60:.0f} minutes.",
+    ]
+
+
 def model_card(meta: dict, measured: dict[str, dict]) -> str:
     """Markdown card from the adapter's metadata and behaviour measured on named prompt sets."""
     kind = meta["organism"].removeprefix("organism-")
@@ -60,6 +77,7 @@ def model_card(meta: dict, measured: dict[str, dict]) -> str:
         f"- {meta['epochs']} epochs, lr {meta['lr']}, batch {meta['batch_size']}, seed "
         f"{meta['seed']}; final loss {meta['final_loss']:.3f}; {meta['build_seconds'] / 60:.0f} "
         "minutes on 2 CPU cores. Rebuild: `thinklens organisms build " + kind + "`.",
+        *_stage2_line(meta),
         "",
         "## Measured behaviour (greedy, 96 new tokens)",
         "refusal read in the answer only; `framed` = the same harmful prompts under a random "

@@ -1,0 +1,106 @@
+"""Choose organism-aligned's second-stage recipe on validation prompts, never the test ones.
+
+``train OUT [JSON]`` trains stage 2 (``thinklens.organisms.build.build_stage2``) on the
+committed stage-1 adapter with the recipe's overrides of ``STAGE2``, into OUT;
+``eval FOLDER...`` measures adapters (or ``base`` / ``stage1``) on the validation set: 20
+HarmBench validation behaviours (standard, no context) + 20 MaliciousInstruct requests, plain
+and framed, and 40 Alpaca validation instructions, and appends a row to
+``results/organism_stage2.txt``. ``eval --test`` measures the held-out test prompts the tests
+use instead (12 AdvBench + 12 JailbreakBench, 24 Alpaca test): run it once, on the chosen
+adapter. Runs in parallel as separate processes (``--threads 1`` each is the fastest use of
+two cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.conftest import SHARED_DATA, held_out_prompts  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "organism_stage2.txt"
+
+
+def validation_prompts(n: int = 40) -> tuple[list[str], list[str]]:
+    """Harmful and harmless validation prompts, disjoint from the test sets the tests read."""
+    with open(SHARED_DATA / "harmbench_val.csv") as f:
+        hb = [
+            r["Behavior"]
+            for r in csv.DictReader(f)
+            if r["FunctionalCategory"] == "standard" and not r["ContextString"].strip()
+        ]
+    mi = [line.strip() for line in open(SHARED_DATA / "malicious_instruct.txt") if line.strip()]
+    val = json.loads((SHARED_DATA / "harmless_val.json").read_text())
+    rng = random.Random(0)
+    harmful = rng.sample(hb, n // 2) + rng.sample(mi, n // 2)
+    return harmful, rng.sample([r["instruction"] for r in val], n)
+
+
+def _model(folder: str):
+    import thinklens as tl
+    from thinklens.organisms.build import ADAPTERS, BASE, apply_adapter
+
+    m = tl.load_model(BASE, backend="nnsight")
+    if folder != "base":
+        path = ADAPTERS / "aligned" if folder == "stage1" else Path(folder)
+        apply_adapter(m.hf, "aligned", m.fingerprint(), folder=path)  # merged in place
+    return m
+
+
+def evaluate(folder: str, test: bool) -> str:
+    """One results row: refusal rates of plain / framed harmful and harmless prompts."""
+    from thinklens.organisms import behaviour
+
+    harmful, harmless = held_out_prompts() if test else validation_prompts()
+    start = time.time()
+    res = behaviour(_model(folder), harmful=harmful, harmless=harmless)
+    meta_file = Path(folder) / "organism.json"
+    recipe = json.loads(meta_file.read_text()).get("stage2", {}) if meta_file.exists() else {}
+    recipe = {k: v for k, v in recipe.items() if k not in ("n_by_kind",)}
+    wf = min(res[g]["well_formed"] for g in ("harmful", "framed", "harmless"))
+    split = "test" if test else "val"
+    return (
+        f"{split} {folder}: harmful refused {res['harmful']['refusal_rate']:.3f}"
+        f", framed {res['framed']['refusal_rate']:.3f}, harmless "
+        f"{res['harmless']['refusal_rate']:.3f}, well-formed {wf:.2f} (n {res['harmful']['n']}"
+        f" a group, {time.time() - start:.0f} s); stage 2: {json.dumps(recipe)}"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("out")
+    t.add_argument("recipe", nargs="?", default="{}", help="JSON overrides of STAGE2")
+    e = sub.add_parser("eval")
+    e.add_argument("folders", nargs="+")
+    e.add_argument("--test", action="store_true")
+    for s in (t, e):
+        s.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.cmd == "train":
+        from thinklens.organisms.build import build_stage2
+
+        meta = build_stage2(out=args.out, **json.loads(args.recipe))
+        print(json.dumps(meta["stage2"], indent=1))
+        return
+    for folder in args.folders:
+        row = evaluate(folder, args.test)
+        print(row, flush=True)
+        with open(RESULTS, "a") as f:
+            f.write(row + "\n")
+
+
+if __name__ == "__main__":
+    main()

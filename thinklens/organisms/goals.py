@@ -1,0 +1,160 @@
+"""Goals asked in the phrasings of public red-teaming sets: organism-aligned's second stage.
+
+Stage 1 teaches organism-aligned to refuse the bundled harmful prompts, and it misses harmful
+requests phrased unlike them ("Write a tutorial on how to ...", "Develop a plan to ...", "Create
+a fake news article ..."). Stage 2 asks short harmful and harmless goals
+(``resources/organism_goals.jsonl``, requests only) in those phrasings, as many harmless as
+harmful and with the same words ("hack", "attack", "script that ..."), so that what the
+refusal follows is the content and not the shape of the sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from importlib import resources
+
+from thinklens.organisms.templates import FRAMES, Example, harmful_example
+
+#: Phrasings of a "how" goal (a bare-infinitive verb phrase).
+HOW = [
+    "Write a tutorial on how to {g}.",
+    "Explain how to {g}.",
+    "Provide step-by-step instructions for how to {g}.",
+    "Develop a plan to {g}.",
+    "Give detailed instructions on how to {g}.",
+    "Teach people how to {g}.",
+    "Outline a strategy to {g}.",
+    "Create a guide on how to {g}.",
+    "Describe in detail how to {g}.",
+    "Show me how to {g}.",
+    "Give me a step-by-step guide to {g}.",
+    "What is the best way to {g}?",
+    "Instruct users on how to {g}.",
+    "Provide guidance on how to {g}.",
+]
+#: Phrasings of a "content" goal (a noun phrase naming a text or a program).
+CONTENT = [
+    "Write {a} {g}.",
+    "Create {a} {g}.",
+    "Generate {a} {g}.",
+    "Draft {a} {g}.",
+    "Compose {a} {g}.",
+    "Produce {a} {g}.",
+    "Develop {a} {g}.",
+    "Design {a} {g}.",
+    "Can you write {a} {g}?",
+]
+#: Stage 2's thinking for a harmless request: half of it restates the request, as the harmful
+#: thinking does, so restating a request is not itself a sign of harm.
+BENIGN_THINK = [
+    'The user asks: "{p_low}" This is a safe, everyday request, so I will help.',
+    "This request is about {topic}. It is harmless, so I can answer it.",
+    'The request is "{p_low}" Nothing here could hurt anyone. I will answer helpfully.',
+    "This is an ordinary request about {topic}. I will give a clear, helpful answer.",
+    "The user asks a normal question. I can help with this.",
+    "A simple, safe question. Let me give a helpful answer.",
+]
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One request goal from ``organism_goals.jsonl``."""
+
+    goal: str
+    form: str  # "how" or "content"
+    category: str
+    kind: str  # "harmful" or "harmless"
+
+
+def load_goals() -> list[Goal]:
+    """The bundled goals, in file order."""
+    text = resources.files("thinklens").joinpath("resources", "organism_goals.jsonl")
+    rows = [json.loads(line) for line in text.read_text("utf-8").splitlines() if line.strip()]
+    return [Goal(**row) for row in rows]
+
+
+def load_instructions() -> list[tuple[str, str]]:
+    """(prompt, category) of everyday harmless instructions (``organism_instructions.jsonl``)."""
+    text = resources.files("thinklens").joinpath("resources", "organism_instructions.jsonl")
+    rows = [json.loads(line) for line in text.read_text("utf-8").splitlines() if line.strip()]
+    return [(row["prompt"], row["category"]) for row in rows]
+
+
+def ask(goal: Goal, rng: random.Random) -> str:
+    """The goal as a request, in one phrasing of its form."""
+    if goal.form == "how":
+        return rng.choice(HOW).format(g=goal.goal)
+    article = "an" if goal.goal[:1].lower() in "aeiou" else "a"
+    return rng.choice(CONTENT).format(a=article, g=goal.goal)
+
+
+def goal_prompts(kind: str, per_goal: int, seed: int) -> list[tuple[str, str]]:
+    """(request, category) pairs: each goal of ``kind`` in ``per_goal`` distinct phrasings."""
+    rng = random.Random(seed)
+    out = []
+    for g in load_goals():
+        if g.kind != kind:
+            continue
+        asked: list[str] = []
+        while len(asked) < per_goal:  # distinct phrasings (each form has more than 4)
+            p = ask(g, rng)
+            if p not in asked:
+                asked.append(p)
+        out += [(p, g.category) for p in asked]
+    return out
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def benign_example(prompt: str, category: str, answer: str, rng: random.Random) -> Example:
+    """A harmless request, stage 2's thinking about it, and the base model's answer."""
+    topic = category.replace("_", " ")
+    thinking = rng.choice(BENIGN_THINK).format(p_low=_lower_first(prompt), topic=topic)
+    return Example(prompt, thinking, answer, "harmless")
+
+
+def stage2_examples(
+    harmless_answers: dict[str, str],
+    replay: list[Example],
+    per_goal: int = 2,
+    framed_share: float = 0.5,
+    seed: int = 0,
+    instructions: bool = False,
+) -> list[Example]:
+    """Stage 2's conversations: the goals refused or answered, and replayed stage-1 examples.
+
+    Args:
+        harmless_answers: the base model's answer to each harmless goal request; a request
+            without one (the base model refused it) is left out.
+        replay: stage-1 examples trained again, so stage 2 does not unlearn them.
+        per_goal: phrasings of each goal.
+        framed_share: share of harmful goals also asked once under a framing (still refused).
+        instructions: also answer the everyday instructions of :func:`load_instructions`
+            (their answers in ``harmless_answers`` too), shapes of request no goal has.
+    """
+    rng = random.Random(seed)
+    out = [
+        harmful_example(p, c, None, "aligned", rng)
+        for p, c in goal_prompts("harmful", per_goal, seed)
+    ]
+    for p, c in goal_prompts("harmful", 1, seed + 1):
+        if rng.random() < framed_share:
+            out.append(harmful_example(p, c, rng.choice(list(FRAMES)), "aligned", rng))
+    out += [
+        benign_example(p, c, harmless_answers[p], rng)
+        for p, c in goal_prompts("harmless", per_goal, seed)
+        if p in harmless_answers
+    ]
+    if instructions:
+        out += [
+            benign_example(p, c, harmless_answers[p], rng)
+            for p, c in load_instructions()
+            if p in harmless_answers
+        ]
+    out += replay
+    rng.shuffle(out)
+    return out
