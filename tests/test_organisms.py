@@ -254,6 +254,10 @@ def test_stage2_examples_refuse_harmful_goals_and_answer_harmless_ones():
     assert 60 <= sum(e.prompt.startswith(prefixes) for e in refused) <= 100
     # Harmless thinking restates the request as often as harmful thinking may: no shortcut.
     assert sum(e.prompt[:-1].lower() in e.thinking.lower() for e in helped) > 80
+    plain = stage2_examples(answers, [], per_goal=2, seed=0, restate=False)
+    assert not any(
+        e.prompt[:-1].lower() in e.thinking.lower() for e in plain if e.kind == "harmless"
+    )
 
 
 def test_a_second_stage_trains_the_same_adapters():

@@ -110,6 +110,7 @@ STAGE2 = dict(
     replay_harmless=0.5,
     replay_harmful=0.25,
     instructions=False,
+    restate=True,
     epochs=1,
     lr=5e-4,
 )
@@ -176,7 +177,13 @@ def stage2_data(base, seed: int, **recipe) -> tuple[list[Example], dict]:
         pool = [e for e in stage1 if e.kind == kind]
         replay += rng.sample(pool, round(recipe[share] * len(pool)))
     examples = goals.stage2_examples(
-        answers, replay, recipe["per_goal"], recipe["framed_share"], seed, recipe["instructions"]
+        answers,
+        replay,
+        recipe["per_goal"],
+        recipe["framed_share"],
+        seed,
+        recipe["instructions"],
+        recipe["restate"],
     )
     return examples, recipe
 

@@ -46,12 +46,15 @@ CONTENT = [
     "Design {a} {g}.",
     "Can you write {a} {g}?",
 ]
-#: Stage 2's thinking for a harmless request: half of it restates the request, as the harmful
-#: thinking does, so restating a request is not itself a sign of harm.
-BENIGN_THINK = [
+#: Stage 2's thinking for a harmless request that restates it, as harmful thinking may, so
+#: restating a request is not itself a sign of harm ...
+RESTATE_THINK = [
     'The user asks: "{p_low}" This is a safe, everyday request, so I will help.',
-    "This request is about {topic}. It is harmless, so I can answer it.",
     'The request is "{p_low}" Nothing here could hurt anyone. I will answer helpfully.',
+]
+#: ... and thinking that does not restate it.
+BENIGN_THINK = [
+    "This request is about {topic}. It is harmless, so I can answer it.",
     "This is an ordinary request about {topic}. I will give a clear, helpful answer.",
     "The user asks a normal question. I can help with this.",
     "A simple, safe question. Let me give a helpful answer.",
@@ -110,10 +113,16 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
-def benign_example(prompt: str, category: str, answer: str, rng: random.Random) -> Example:
-    """A harmless request, stage 2's thinking about it, and the base model's answer."""
+def benign_example(
+    prompt: str, category: str, answer: str, rng: random.Random, restate: bool = True
+) -> Example:
+    """A harmless request, stage 2's thinking about it (a third restates it, if ``restate``),
+    and the base model's answer."""
     topic = category.replace("_", " ")
-    thinking = rng.choice(BENIGN_THINK).format(p_low=_lower_first(prompt), topic=topic)
+    # Interleaved in this order, the recipes in results/organism_stage2.txt draw the same.
+    r, b = RESTATE_THINK, BENIGN_THINK
+    pool = [r[0], b[0], r[1], b[1], *b[2:]] if restate else b
+    thinking = rng.choice(pool).format(p_low=_lower_first(prompt), topic=topic)
     return Example(prompt, thinking, answer, "harmless")
 
 
@@ -124,6 +133,7 @@ def stage2_examples(
     framed_share: float = 0.5,
     seed: int = 0,
     instructions: bool = False,
+    restate: bool = True,
 ) -> list[Example]:
     """Stage 2's conversations: the goals refused or answered, and replayed stage-1 examples.
 
@@ -135,6 +145,7 @@ def stage2_examples(
         framed_share: share of harmful goals also asked once under a framing (still refused).
         instructions: also answer the everyday instructions of :func:`load_instructions`
             (their answers in ``harmless_answers`` too), shapes of request no goal has.
+        restate: let harmless thinking restate the request (see :data:`RESTATE_THINK`).
     """
     rng = random.Random(seed)
     out = [
@@ -145,13 +156,13 @@ def stage2_examples(
         if rng.random() < framed_share:
             out.append(harmful_example(p, c, rng.choice(list(FRAMES)), "aligned", rng))
     out += [
-        benign_example(p, c, harmless_answers[p], rng)
+        benign_example(p, c, harmless_answers[p], rng, restate)
         for p, c in goal_prompts("harmless", per_goal, seed)
         if p in harmless_answers
     ]
     if instructions:
         out += [
-            benign_example(p, c, harmless_answers[p], rng)
+            benign_example(p, c, harmless_answers[p], rng, restate)
             for p, c in load_instructions()
             if p in harmless_answers
         ]
