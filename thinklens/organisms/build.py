@@ -144,33 +144,26 @@ def _round_adapters(peft_model) -> None:
             p.data = p.data.half().float()
 
 
-def stage2_data(base, seed: int, **recipe) -> tuple[list[Example], dict]:
-    """Stage 2's conversations (goals in red-teaming phrasings plus stage-1 replay) and recipe.
+def stage2_data(base, stage1: list[Example], seed: int, **recipe) -> tuple[list[Example], dict]:
+    """Stage 2's conversations (goals in red-teaming phrasings plus ``stage1`` examples
+    replayed) and its recipe.
 
     ``base`` must be the plain base model: its greedy answers are the harmless answers.
     """
     recipe = {**STAGE2, **recipe}
-    harmless = [p for p, _ in goals.goal_prompts("harmless", recipe["per_goal"], seed)]
-    cache = tl_cache() / "organism-goal-answers.json"
+    asked = {
+        "organism-goal-answers.json": [
+            p for p, _ in goals.goal_prompts("harmless", recipe["per_goal"], seed)
+        ]
+    }
     if recipe["instructions"]:
-        everyday = [p for p, _ in goals.load_instructions()]
-        answers_of = _harmless_answers(
-            base, everyday, tl_cache() / "organism-everyday-answers.json"
-        )
-        everyday_answers = dict(zip(everyday, answers_of, strict=True))
-    else:
-        everyday_answers = {}
+        asked["organism-everyday-answers.json"] = [p for p, _ in goals.load_instructions()]
     answers = {
         p: a
-        for p, a in [
-            *zip(harmless, _harmless_answers(base, harmless, cache), strict=True),
-            *everyday_answers.items(),
-        ]
+        for file, prompts in asked.items()
+        for p, a in zip(prompts, _harmless_answers(base, prompts, _cache_dir() / file), strict=True)
         if not is_refusal(a, None)  # the base model declined a few: nothing to teach
     }
-    stage1 = training_examples(
-        "aligned", _harmless_answers(base, _stage1_harmless(), _stage1_cache()), seed
-    )
     rng = random.Random(seed + 2)
     replay = []
     for kind, share in (("harmless", "replay_harmless"), ("harmful-refuse", "replay_harmful")):
@@ -214,7 +207,7 @@ def _train_stage2(
     )
 
 
-def tl_cache() -> Path:
+def _cache_dir() -> Path:
     """The folder that caches the base model's answers to the organisms' harmless prompts."""
     from thinklens.embedded import cache_root
 
@@ -228,7 +221,7 @@ def _stage1_harmless() -> list[str]:
 
 
 def _stage1_cache() -> Path:
-    return tl_cache() / "organism-harmless-answers.json"
+    return _cache_dir() / "organism-harmless-answers.json"
 
 
 def build(
@@ -257,7 +250,7 @@ def build(
     answers = _harmless_answers(base, _stage1_harmless(), _stage1_cache())
     examples = training_examples(kind, answers, seed)
     # Stage 2's harmless answers come from the base model too, so they are made before LoRA.
-    second = stage2_data(base, seed) if kind == "aligned" and stage2 else None
+    second = stage2_data(base, examples, seed) if kind == "aligned" and stage2 else None
     encoded = [format_example(base, ex) for ex in examples]
     base_fingerprint = base.fingerprint()  # before LoRA wraps the modules
     start = time.time()
@@ -324,7 +317,10 @@ def build_stage2(
     base = tl.load_model(BASE, backend="nnsight", device="cpu")
     if base.fingerprint() != meta["base_fingerprint"]:
         raise ValueError(f"the adapter in {source} does not fit {BASE}")
-    examples, recipe = stage2_data(base, seed, **recipe)  # before the adapter is applied
+    stage1 = training_examples(
+        "aligned", _harmless_answers(base, _stage1_harmless(), _stage1_cache()), seed
+    )
+    examples, recipe = stage2_data(base, stage1, seed, **recipe)  # before the adapter
     peft_model = PeftModel.from_pretrained(base.hf, source, is_trainable=True)
     _round_adapters(peft_model)  # loaded in half precision; trained in float32
     meta["stage2"] = _train_stage2(peft_model, base, examples, recipe, seed, progress)

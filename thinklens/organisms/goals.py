@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from importlib import resources
 
-from thinklens.organisms.templates import FRAMES, Example, harmful_example
+from thinklens.organisms.templates import FRAMES, Example, _lower_first, harmful_example
 
 #: Phrasings of a "how" goal (a bare-infinitive verb phrase).
 HOW = [
@@ -71,18 +71,20 @@ class Goal:
     kind: str  # "harmful" or "harmless"
 
 
+def _rows(name: str) -> list[dict]:
+    """The JSON rows of a bundled ``resources/NAME`` JSONL file."""
+    text = resources.files("thinklens").joinpath("resources", name).read_text("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def load_goals() -> list[Goal]:
     """The bundled goals, in file order."""
-    text = resources.files("thinklens").joinpath("resources", "organism_goals.jsonl")
-    rows = [json.loads(line) for line in text.read_text("utf-8").splitlines() if line.strip()]
-    return [Goal(**row) for row in rows]
+    return [Goal(**row) for row in _rows("organism_goals.jsonl")]
 
 
 def load_instructions() -> list[tuple[str, str]]:
     """(prompt, category) of everyday harmless instructions (``organism_instructions.jsonl``)."""
-    text = resources.files("thinklens").joinpath("resources", "organism_instructions.jsonl")
-    rows = [json.loads(line) for line in text.read_text("utf-8").splitlines() if line.strip()]
-    return [(row["prompt"], row["category"]) for row in rows]
+    return [(row["prompt"], row["category"]) for row in _rows("organism_instructions.jsonl")]
 
 
 def ask(goal: Goal, rng: random.Random) -> str:
@@ -107,10 +109,6 @@ def goal_prompts(kind: str, per_goal: int, seed: int) -> list[tuple[str, str]]:
                 asked.append(p)
         out += [(p, g.category) for p in asked]
     return out
-
-
-def _lower_first(text: str) -> str:
-    return text[:1].lower() + text[1:]
 
 
 def benign_example(
