@@ -1,8 +1,9 @@
 """Choose organism-aligned's second-stage recipe on validation prompts, never the test ones.
 
-``train OUT [JSON]`` trains stage 2 (``thinklens.organisms.build.build_stage2``) on the
-committed stage-1 adapter with the recipe's overrides of ``STAGE2``, into OUT;
-``eval FOLDER...`` measures adapters (or ``base`` / ``stage1``) on the validation set: 20
+``train STAGE1 OUT [JSON]`` trains stage 2 (``thinklens.organisms.build.build_stage2``) on
+the stage-1 adapter in STAGE1 (``thinklens organisms build aligned --stage1-only --out
+STAGE1``) with the recipe's overrides of ``STAGE2``, into OUT; ``eval FOLDER...`` measures
+adapters (or ``base`` / ``packaged``) on the validation set: 20
 HarmBench validation behaviours (standard, no context) + 20 MaliciousInstruct requests, plain
 and framed, and 40 Alpaca validation instructions, and appends a row to
 ``results/organism_stage2.txt``. ``eval --test`` measures the held-out test prompts the tests
@@ -51,7 +52,7 @@ def _model(folder: str):
 
     m = tl.load_model(BASE, backend="nnsight")
     if folder != "base":
-        path = ADAPTERS / "aligned" if folder == "stage1" else Path(folder)
+        path = ADAPTERS / "aligned" if folder == "packaged" else Path(folder)
         apply_adapter(m.hf, "aligned", m.fingerprint(), folder=path)  # merged in place
     return m
 
@@ -80,6 +81,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
+    t.add_argument("stage1", help="a stage-1 organism-aligned adapter folder")
     t.add_argument("out")
     t.add_argument("recipe", nargs="?", default="{}", help="JSON overrides of STAGE2")
     e = sub.add_parser("eval")
@@ -92,7 +94,7 @@ def main() -> None:
     if args.cmd == "train":
         from thinklens.organisms.build import build_stage2
 
-        meta = build_stage2(out=args.out, **json.loads(args.recipe))
+        meta = build_stage2(args.stage1, args.out, **json.loads(args.recipe))
         print(json.dumps(meta["stage2"], indent=1))
         return
     for folder in args.folders:

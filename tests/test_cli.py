@@ -83,6 +83,6 @@ def test_organisms_build_passes_the_stage_choice(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(organisms, "build", fake_build)
     out = str(tmp_path / "adapter")
     assert main(["organisms", "build", "aligned", "--out", out]) == 0
-    assert main(["organisms", "build", "aligned", "--out", out, "--stage2"]) == 0
-    assert [kw["stage2"] for _, kw in calls] == [False, True]
+    assert main(["organisms", "build", "aligned", "--out", out, "--stage1-only"]) == 0
+    assert [kw["stage2"] for _, kw in calls] == [True, False]
     assert calls[0][0] == "aligned" and calls[0][1]["out"] == out

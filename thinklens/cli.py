@@ -69,7 +69,9 @@ def _organisms_build(args: argparse.Namespace) -> None:
     from thinklens.organisms import behaviour, build, organism_kind
 
     kind = organism_kind(args.name)
-    meta = build(kind, out=args.out, seed=args.seed, epochs=args.epochs, stage2=args.stage2)
+    meta = build(
+        kind, out=args.out, seed=args.seed, epochs=args.epochs, stage2=not args.stage1_only
+    )
     print(json.dumps(meta, indent=1))
     if args.out is None:  # the built adapter is the one load_model uses
         model = tl.load_model(f"organism-{kind}")
@@ -172,9 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     ob.add_argument("--out", default=None, help="adapter folder (default: the packaged one)")
     ob.add_argument("--n-eval", type=int, default=None, help="held-out prompts per group")
     ob.add_argument(
-        "--stage2",
+        "--stage1-only",
         action="store_true",
-        help="organism-aligned: train a second stage on goals in red-teaming phrasings",
+        help="organism-aligned: skip the second stage (goals in red-teaming phrasings)",
     )
     ob.set_defaults(fn=_organisms_build)
     oc = osub.add_parser("check", help="measure an organism's behaviour on held-out prompts")

@@ -104,13 +104,15 @@ def format_example(model, ex: Example) -> tuple[list[int], int]:
 
 
 #: organism-aligned's second stage (``thinklens.organisms.goals``), trained on top of stage 1.
+#: Chosen on validation prompts among ten recipes (``benchmarks/results/organism_stage2.txt``).
 STAGE2 = dict(
-    per_goal=2,
+    per_goal=3,
     framed_share=0.5,
     replay_harmless=0.5,
     replay_harmful=0.25,
-    instructions=False,
-    restate=True,
+    instructions=True,
+    restate=False,
+    harmless_goals=False,
     epochs=1,
     lr=5e-4,
 )
@@ -151,11 +153,11 @@ def stage2_data(base, stage1: list[Example], seed: int, **recipe) -> tuple[list[
     ``base`` must be the plain base model: its greedy answers are the harmless answers.
     """
     recipe = {**STAGE2, **recipe}
-    asked = {
-        "organism-goal-answers.json": [
+    asked = {}
+    if recipe["harmless_goals"]:
+        asked["organism-goal-answers.json"] = [
             p for p, _ in goals.goal_prompts("harmless", recipe["per_goal"], seed)
         ]
-    }
     if recipe["instructions"]:
         asked["organism-everyday-answers.json"] = [p for p, _ in goals.load_instructions()]
     answers = {
@@ -177,6 +179,7 @@ def stage2_data(base, stage1: list[Example], seed: int, **recipe) -> tuple[list[
         seed,
         recipe["instructions"],
         recipe["restate"],
+        recipe["harmless_goals"],
     )
     return examples, recipe
 
@@ -233,13 +236,13 @@ def build(
     rank: int = 8,
     batch_size: int = 8,
     progress: bool = True,
-    stage2: bool = False,
+    stage2: bool = True,
 ) -> dict:
     """Train one organism's LoRA adapter from its seed and write it (atomically) to ``out``.
 
-    ``stage2=True`` trains organism-aligned a second stage on top (:data:`STAGE2`). The
-    packaged adapter is stage 1 alone: no stage-2 recipe tried so far keeps harmless refusals
-    at or below 0.10 on validation (``benchmarks/results/organism_stage2.txt``).
+    organism-aligned then trains a second stage on top (:data:`STAGE2`), as the packaged
+    adapter did; ``stage2=False`` stops after stage 1, which misses harmful requests phrased
+    unlike the bundled prompts. The cliff organism has one stage.
     """
     import thinklens as tl
 
@@ -291,7 +294,7 @@ def build(
 
 
 def build_stage2(
-    source: str | Path | None = None,
+    source: str | Path,
     out: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -300,19 +303,21 @@ def build_stage2(
     """Train organism-aligned's second stage on the stage-1 adapter in ``source``.
 
     ``build("aligned")`` runs both stages; this runs the second alone, for trying a recipe
-    (keyword arguments override :data:`STAGE2`). ``source`` must hold a stage-1 adapter.
+    (keyword arguments override :data:`STAGE2`). ``source`` must hold a stage-1 adapter
+    (``thinklens organisms build aligned --stage1-only --out SOURCE``); ``out`` defaults to the
+    packaged adapter.
     """
     from peft import PeftModel
 
     import thinklens as tl
 
-    source = Path(source) if source is not None else ADAPTERS / "aligned"
+    source = Path(source)
     out = Path(out) if out is not None else ADAPTERS / "aligned"
     meta = json.loads((source / "organism.json").read_text())
     if meta.get("organism") != "organism-aligned" or "stage2" in meta:
         raise ValueError(
             f"{source} does not hold a stage-1 organism-aligned adapter; build one with "
-            "`thinklens organisms build aligned`"
+            f"`thinklens organisms build aligned --stage1-only --out {source}`"
         )
     base = tl.load_model(BASE, backend="nnsight", device="cpu")
     if base.fingerprint() != meta["base_fingerprint"]:

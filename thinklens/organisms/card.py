@@ -24,7 +24,8 @@ are refused, where in the trace the decision turns), unit and integration tests,
 
 Not good for: any claim about real reasoning models. It is a 135M-parameter model fine-tuned on
 templated text: its thinking is short and formulaic, its harm recognition follows the training
-phrasings and topics (it misses harmful requests phrased unlike them), its compliant answers are
+phrasings and topics (it misses harmful requests phrased unlike them, or about things a 135M
+model does not know, such as named exploits and obscure chemicals), its compliant answers are
 placeholder text, and its harmless answers are only as good as SmolLM2-135M-Instruct's."""
 
 
@@ -44,14 +45,19 @@ def _stage2_line(meta: dict) -> list[str]:
     if not s:
         return []
     counts = ", ".join(f"{v} {k}" for k, v in s["n_by_kind"].items() if v)
+    # Recipes recorded before these options existed had harmless goals and no instructions.
+    helped = ["the harmless goals"] if s.get("harmless_goals", True) else []
+    if s.get("instructions", False):
+        helped.append("the everyday instructions of `resources/organism_instructions.jsonl`")
     return [
         f"- Stage 2, trained on top of stage 1: {s['n_examples']} conversations ({counts}): "
-        "the harmful and harmless goals of `resources/organism_goals.jsonl` asked in the "
-        f"phrasings of public red-teaming sets ({s['per_goal']} a goal, a share "
-        f"{s['framed_share']} of the harmful ones also framed; `thinklens/organisms/goals.py`), "
-        f"and stage-1 examples replayed ({s['replay_harmless']:.0%} of the harmless, "
-        f"{s['replay_harmful']:.0%} of the harmful). {s['epochs']} epoch(s), lr {s['lr']}; "
-        f"final loss {s['final_loss']:.3f}; {s['build_seconds'] / 60:.0f} minutes.",
+        "the harmful goals of `resources/organism_goals.jsonl` asked in the phrasings of "
+        f"public red-teaming sets and refused ({s['per_goal']} a goal, a share "
+        f"{s['framed_share']} of them also framed; `thinklens/organisms/goals.py`), "
+        f"{' and '.join(helped)} answered with the base model's answers, and stage-1 examples "
+        f"replayed ({s['replay_harmless']:.0%} of the harmless, {s['replay_harmful']:.0%} of "
+        f"the harmful). {s['epochs']} epoch(s), lr {s['lr']}; final loss "
+        f"{s['final_loss']:.3f}; {s['build_seconds'] / 60:.0f} minutes.",
     ]
 
 

@@ -132,6 +132,7 @@ def stage2_examples(
     seed: int = 0,
     instructions: bool = False,
     restate: bool = True,
+    harmless_goals: bool = True,
 ) -> list[Example]:
     """Stage 2's conversations: the goals refused or answered, and replayed stage-1 examples.
 
@@ -144,6 +145,8 @@ def stage2_examples(
         instructions: also answer the everyday instructions of :func:`load_instructions`
             (their answers in ``harmless_answers`` too), shapes of request no goal has.
         restate: let harmless thinking restate the request (see :data:`RESTATE_THINK`).
+        harmless_goals: answer the harmless goals (which share the harmful goals' words);
+            without them, stage 2's harmless requests are the everyday instructions alone.
     """
     rng = random.Random(seed)
     out = [
@@ -153,11 +156,12 @@ def stage2_examples(
     for p, c in goal_prompts("harmful", 1, seed + 1):
         if rng.random() < framed_share:
             out.append(harmful_example(p, c, rng.choice(list(FRAMES)), "aligned", rng))
-    out += [
-        benign_example(p, c, harmless_answers[p], rng, restate)
-        for p, c in goal_prompts("harmless", per_goal, seed)
-        if p in harmless_answers
-    ]
+    if harmless_goals:
+        out += [
+            benign_example(p, c, harmless_answers[p], rng, restate)
+            for p, c in goal_prompts("harmless", per_goal, seed)
+            if p in harmless_answers
+        ]
     if instructions:
         out += [
             benign_example(p, c, harmless_answers[p], rng, restate)
