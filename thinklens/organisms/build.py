@@ -219,12 +219,11 @@ def _cache_dir() -> Path:
     return root
 
 
-def _stage1_harmless() -> list[str]:
-    return [p for p, _ in organism_prompts("harmless")]
-
-
-def _stage1_cache() -> Path:
-    return _cache_dir() / "organism-harmless-answers.json"
+def _stage1_examples(base, kind: str, seed: int) -> list[Example]:
+    """Stage 1's conversations for ``kind``, its harmless answers from the plain ``base``."""
+    prompts = [p for p, _ in organism_prompts("harmless")]
+    cache = _cache_dir() / "organism-harmless-answers.json"
+    return training_examples(kind, _harmless_answers(base, prompts, cache), seed)
 
 
 def build(
@@ -250,8 +249,7 @@ def build(
     out = Path(out) if out is not None else ADAPTERS / kind
     torch.manual_seed(seed)
     base = tl.load_model(BASE, backend="nnsight", device="cpu")
-    answers = _harmless_answers(base, _stage1_harmless(), _stage1_cache())
-    examples = training_examples(kind, answers, seed)
+    examples = _stage1_examples(base, kind, seed)
     # Stage 2's harmless answers come from the base model too, so they are made before LoRA.
     second = stage2_data(base, examples, seed) if kind == "aligned" and stage2 else None
     encoded = [format_example(base, ex) for ex in examples]
@@ -322,9 +320,7 @@ def build_stage2(
     base = tl.load_model(BASE, backend="nnsight", device="cpu")
     if base.fingerprint() != meta["base_fingerprint"]:
         raise ValueError(f"the adapter in {source} does not fit {BASE}")
-    stage1 = training_examples(
-        "aligned", _harmless_answers(base, _stage1_harmless(), _stage1_cache()), seed
-    )
+    stage1 = _stage1_examples(base, "aligned", seed)
     examples, recipe = stage2_data(base, stage1, seed, **recipe)  # before the adapter
     peft_model = PeftModel.from_pretrained(base.hf, source, is_trainable=True)
     _round_adapters(peft_model)  # loaded in half precision; trained in float32

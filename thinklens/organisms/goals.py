@@ -156,18 +156,13 @@ def stage2_examples(
     for p, c in goal_prompts("harmful", 1, seed + 1):
         if rng.random() < framed_share:
             out.append(harmful_example(p, c, rng.choice(list(FRAMES)), "aligned", rng))
-    if harmless_goals:
-        out += [
-            benign_example(p, c, harmless_answers[p], rng, restate)
-            for p, c in goal_prompts("harmless", per_goal, seed)
-            if p in harmless_answers
-        ]
-    if instructions:
-        out += [
-            benign_example(p, c, harmless_answers[p], rng, restate)
-            for p, c in load_instructions()
-            if p in harmless_answers
-        ]
+    helped = goal_prompts("harmless", per_goal, seed) if harmless_goals else []
+    helped += load_instructions() if instructions else []
+    out += [
+        benign_example(p, c, harmless_answers[p], rng, restate)
+        for p, c in helped
+        if p in harmless_answers
+    ]
     out += replay
     rng.shuffle(out)
     return out
