@@ -77,8 +77,7 @@ def save(lines: list[str], path: Path) -> None:
 def held_out_harmful(n: int, which: str = "public") -> tuple[list[str], str]:
     """Harmful prompts no organism saw: AdvBench + JailbreakBench (``public``, when the shared
     data exist), or the bundled test split with every other prompt framed (``bundled``)."""
-    from thinklens.data import bundled_prompts
-    from thinklens.organisms.templates import frame_all
+    from thinklens.data import bundled_prompts, frame_all
 
     if which == "bundled":
         test = bundled_prompts("harmful", "test")[:n]
@@ -98,10 +97,10 @@ def held_out_harmful(n: int, which: str = "public") -> tuple[list[str], str]:
 def search_loops(args: argparse.Namespace) -> list[str]:
     """Time the one-model search loop against the reload-per-trial loop."""
     import thinklens as tl
-    from thinklens.analyses.abliteration_metrics import AbliterationMetrics
-    from thinklens.analyses.abliteration_search import search
+    from thinklens.analyses.abliteration.metrics import AbliterationMetrics
+    from thinklens.analyses.abliteration.search import search
     from thinklens.data import bundled_prompts
-    from thinklens.interventions.directions import compute_directions
+    from thinklens.interventions.abliteration.directions import compute_directions
 
     def load() -> tl.Model:
         return tl.load_model(args.model, backend="nnsight")
@@ -163,16 +162,17 @@ def presets(args: argparse.Namespace) -> list[str]:
     import pandas as pd
 
     import thinklens as tl
-    from thinklens.analyses.abliteration_metrics import (
+    from thinklens.analyses.abliteration.metrics import (
         AbliterationMetrics,
         gsm8k_accuracy,
         load_gsm8k,
     )
-    from thinklens.analyses.abliteration_search import search
+    from thinklens.analyses.abliteration.search import search
     from thinklens.data import bundled_prompts
-    from thinklens.interventions.directions import compute_directions
-    from thinklens.interventions.selection import NoCandidate, choose, select_direction
-    from thinklens.interventions.weight_edits import PRESETS, apply
+    from thinklens.interventions.abliteration.directions import compute_directions
+    from thinklens.interventions.abliteration.presets import PRESETS
+    from thinklens.interventions.abliteration.selection import NoCandidate, choose, select_direction
+    from thinklens.interventions.abliteration.weights import apply
 
     start = time.perf_counter()
     model = tl.load_model(args.model, backend="nnsight")

@@ -41,7 +41,7 @@ def run_one(layer: int, way: str, args: argparse.Namespace) -> dict[str, float]:
 
     torch.set_num_threads(args.threads)
     import thinklens as tl
-    from thinklens.probes import RefusalProbe, apply_final_norm, score_tokens
+    from thinklens.probes import RefusalProbe, score_tokens
 
     m = tl.load_model(MODEL)
     with torch.no_grad():  # make memory-mapped weights resident before measuring
@@ -65,7 +65,7 @@ def run_one(layer: int, way: str, args: argparse.Namespace) -> dict[str, float]:
                 hs = m.hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
                 h = hs.hidden_states[layer + 1]
                 # HF's last hidden state already went through the final norm.
-                feats = h.float() if layer == m.n_layers - 1 else apply_final_norm(m, h)
+                feats = h.float() if layer == m.n_layers - 1 else m.final_norm(h).detach().float()
                 scores = probe.score(feats)
                 out += [scores[r, : int(mask[r].sum())].cpu() for r in range(len(ids))]
                 del hs

@@ -66,8 +66,8 @@ def write_results(lines: list[str], path: str | Path) -> None:
 
 def trace_inputs(model, tokens: int):
     """Ids and echo channels of one published-layout trace cut to exactly ``tokens`` tokens."""
-    from thinklens.analyses.echo_attention import channels_for
-    from thinklens.analyses.echo_traces import trace_from_record
+    from thinklens.analyses.echo.attention import channels_for
+    from thinklens.analyses.echo.traces import trace_from_record
 
     steps = "".join(STEP.format(i=i, n=24 * i, m=8 * i) for i in range(1, 400))
     trace = trace_from_record(dict(question=QUESTION, thinking=f"{QUESTION} {steps}"))

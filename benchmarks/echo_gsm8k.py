@@ -56,11 +56,11 @@ def main() -> None:
     import torch
 
     import thinklens as tl
-    from thinklens.analyses.echo_attention import bucket_masses, compare_groups, echo_attention
-    from thinklens.analyses.echo_gap import echo_gap, gap_by_bin
-    from thinklens.analyses.echo_prompting import prompting_study
-    from thinklens.analyses.echo_spans import echo_spans
-    from thinklens.analyses.echo_traces import trace_from_record
+    from thinklens.analyses.echo.attention import bucket_masses, compare_groups, echo_attention
+    from thinklens.analyses.echo.gap import echo_gap, gap_by_bin
+    from thinklens.analyses.echo.prompting import prompting_study
+    from thinklens.analyses.echo.spans import echo_spans
+    from thinklens.analyses.echo.traces import trace_from_record
     from thinklens.data import load_records
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))

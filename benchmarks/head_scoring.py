@@ -33,11 +33,10 @@ DEFAULT_CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "thinklens-heads-bench"
 def setup(model_name: str, n_texts: int, cache: Path, backend: str = "transformer_lens"):
     """The model, its behaviour-trained refusal probe and the scoring texts (cached)."""
     import thinklens as tl
-    from thinklens.analyses.head_ablation import scoring_texts
-    from thinklens.analyses.refusal_cliff import train_from_behaviour
-    from thinklens.data import bundled_prompts
-    from thinklens.organisms.templates import frame_all
+    from thinklens.analyses.heads.ablation import scoring_texts
+    from thinklens.data import bundled_prompts, frame_all
     from thinklens.probes import RefusalProbe
+    from thinklens.probes.behaviour import train_from_behaviour
 
     model = tl.load_model(model_name, backend=backend)
     cache.mkdir(parents=True, exist_ok=True)
@@ -98,12 +97,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import pandas as pd
 
-    from thinklens.interventions.head_attribution import (
+    from thinklens.interventions.heads.attribution import (
         ablation_scores,
         attribution_scores,
         direct_scores,
     )
-    from thinklens.interventions.head_metric import HeadMetric
+    from thinklens.interventions.heads.metric import HeadMetric
     from thinklens.tables import write_table
 
     cache = Path(args.cache)

@@ -42,10 +42,10 @@ def main() -> None:
     import pandas as pd
 
     from tests.conftest import held_out_prompts
-    from thinklens.analyses.head_ablation import ablation_study, summarize_study
-    from thinklens.interventions.head_attribution import METHODS, score_heads
-    from thinklens.interventions.head_scores import HeadScores, head_count
-    from thinklens.organisms.templates import frame_all
+    from thinklens.analyses.heads.ablation import ablation_study, summarize_study
+    from thinklens.data import frame_all
+    from thinklens.interventions.heads.attribution import METHODS, score_heads
+    from thinklens.interventions.heads.scores import HeadScores, head_count
     from thinklens.tables import read_table, write_table
 
     cache = Path(args.cache)

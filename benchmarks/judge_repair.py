@@ -42,9 +42,9 @@ def data(name: str, column: str | None = None) -> list[str]:
 
 def probe_for(model, cache: Path):
     """The behaviour-trained probe, cached per model fingerprint."""
-    from thinklens.analyses.refusal_cliff import train_from_behaviour
     from thinklens.data import bundled_prompts
     from thinklens.probes import RefusalProbe
+    from thinklens.probes.behaviour import train_from_behaviour
 
     path = cache / f"probe-{model.fingerprint()}"
     if path.with_suffix(".json").exists():
@@ -61,9 +61,8 @@ def probe_for(model, cache: Path):
 
 def pool_for(model, n: int, max_new_tokens: int, cache: Path) -> pd.DataFrame:
     """AdvBench and bundled harmful prompts, half framed, with the model's own thinking."""
-    from thinklens.analyses.judge_pool import build_pool
-    from thinklens.data import bundled_prompts
-    from thinklens.organisms.templates import frame_all
+    from thinklens.analyses.judge.pool import build_pool
+    from thinklens.data import bundled_prompts, frame_all
     from thinklens.tables import read_table, write_table
 
     path = cache / f"pool-{model.fingerprint()}-{n}-{max_new_tokens}.parquet"
@@ -86,7 +85,7 @@ def pool_for(model, n: int, max_new_tokens: int, cache: Path) -> pd.DataFrame:
 
 def eval_prompts(pool: pd.DataFrame, n_harmful: int, n_harmless: int):
     """Framed JailbreakBench prompts the pool does not contain, and Alpaca test prompts."""
-    from thinklens.organisms.templates import frame_all
+    from thinklens.data import frame_all
 
     seen = " ".join(pool["prompt"]).lower()
     jbb = [p for p in data("jailbreakbench.csv", "Goal") if p.lower() not in seen]
@@ -113,9 +112,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     import thinklens as tl
-    from thinklens.analyses.judge_select import score_pool, select
-    from thinklens.analyses.repair import RepairConfig, compare_methods, plot_repair, summarize
-    from thinklens.plotting import write_report
+    from thinklens.analyses.judge.repair import (
+        RepairConfig,
+        compare_methods,
+        plot_repair,
+        summarize,
+    )
+    from thinklens.analyses.judge.select import score_pool, select
+    from thinklens.report import sections_of, write_report
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -178,7 +182,9 @@ def main() -> None:
     tmp.write_text(text + "\n")
     tmp.replace(out.with_suffix(".txt"))
     fig = plot_repair(results, title=f"ASR after repair, {MODEL}")
-    write_report(out.with_suffix(".html"), "Cliff-as-a-Judge repair", [fig], [summary, results])
+    write_report(
+        out.with_suffix(".html"), "Cliff-as-a-Judge repair", sections_of([fig], [summary, results])
+    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def validation_prompts(n: int = 40) -> tuple[list[str], list[str]]:
 
 def _model(folder: str):
     import thinklens as tl
-    from thinklens.organisms.build import ADAPTERS, BASE, apply_adapter
+    from thinklens.embedded import ADAPTERS, BASE, apply_adapter
 
     m = tl.load_model(BASE, backend="nnsight")
     if folder != "base":

@@ -29,24 +29,22 @@ import torch  # noqa: E402
 
 import thinklens as tl  # noqa: E402
 from tests.conftest import SHARED_DATA, held_out_prompts  # noqa: E402
-from thinklens.analyses.refusal_cliff import (  # noqa: E402
-    CliffResult,
-    cliff_by_group,
-    probe_from_rollouts,
-    rollout,
-    traces_of,
-    train_from_behaviour,
+from thinklens.analyses.cliff import CliffResult, cliff_by_group  # noqa: E402
+from thinklens.data import (
+    bundled_prompts,  # noqa: E402
+    frame_all,  # noqa: E402
 )
-from thinklens.data import bundled_prompts  # noqa: E402
-from thinklens.organisms.templates import frame_all  # noqa: E402
-from thinklens.plotting import write_report  # noqa: E402
-from thinklens.probes import (  # noqa: E402
+from thinklens.probes import (  # noqa: E402  # noqa: E402
     RefusalProbe,
     cliff_table,
     plot_cliff_curves,
     plot_token_scores,
+    probe_from_rollouts,
     score_last,
+    train_from_behaviour,
 )
+from thinklens.report import sections_of, write_report  # noqa: E402
+from thinklens.rollouts import rollout, traces_of  # noqa: E402
 from thinklens.stats import compare  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -185,7 +183,9 @@ def main() -> None:
     if len(complied):
         example = int(res_win.cliffs.loc[complied[0], "example"])
         figs += [plot_token_scores(res.scores, example) for res in (res_pub, res_win)]
-    write_report(OUT / "refusal_cliff.html", "refusal cliff on organism-cliff", figs, tables)
+    write_report(
+        OUT / "refusal_cliff.html", "refusal cliff on organism-cliff", sections_of(figs, tables)
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Benchmark Cliff-as-a-Judge scoring: candidates per second, early exit vs a full forward.
 
-``thinklens.analyses.judge_select.score_pool`` scores every token of each candidate (prompt +
+``thinklens.analyses.judge.select.score_pool`` scores every token of each candidate (prompt +
 thinking + closing marker) with a forward pass that stops after the probe's layer, and
 ``score_last`` reads only the last position (the published proxy) the same way. The plain way
 runs the whole model with ``output_hidden_states=True`` and reads the probe's layer from the
@@ -37,9 +37,9 @@ WAYS = ("cliff early exit", "cliff full forward", "proxy early exit", "proxy ful
 
 def candidates(model, n: int):
     """A pool of ``n`` framed or plain bundled harmful prompts with templated thinking."""
-    from thinklens.analyses.judge_pool import build_pool
-    from thinklens.data import load_records
-    from thinklens.organisms.templates import FRAMES, harmful_example
+    from thinklens.analyses.judge.pool import build_pool
+    from thinklens.data import FRAMES, load_records
+    from thinklens.organisms.templates import harmful_example
 
     rng = random.Random(0)
     recs = load_records("bundled:harmful", split="all")
@@ -57,9 +57,9 @@ def run_one(layer: int, way: str, args: argparse.Namespace) -> dict[str, float]:
 
     torch.set_num_threads(args.threads)
     import thinklens as tl
-    from thinklens.analyses.judge_pool import pool_traces
-    from thinklens.analyses.judge_select import score_pool
-    from thinklens.probes import RefusalProbe, apply_final_norm, score_last
+    from thinklens.analyses.judge.pool import pool_traces
+    from thinklens.analyses.judge.select import score_pool
+    from thinklens.probes import RefusalProbe, score_last
 
     m = tl.load_model(MODEL)
     gen = torch.Generator().manual_seed(0)
@@ -78,7 +78,7 @@ def run_one(layer: int, way: str, args: argparse.Namespace) -> dict[str, float]:
             h = states.hidden_states[layer + 1]
             # HF's last hidden state has been through the final norm already; others have not.
             last = layer == m.n_layers - 1
-            s = probe.score(h.float() if last else apply_final_norm(m, h))
+            s = probe.score(h.float() if last else m.final_norm(h).detach().float())
             out += [s[r, :n] for r, n in enumerate(mask.sum(-1).tolist())]
         return out
 

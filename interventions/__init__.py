@@ -1,28 +1,27 @@
-"""thinklens.interventions: refusal directions, their selection, ablation and weight edits."""
+"""Interventions: the edits (head ablation, direction projection, activation addition) and one
+sub-package per study that edits: ``heads`` (attribution) and ``abliteration`` (DESIGN:
+Intervention).
 
-from thinklens.interventions.ablation import PlanHooks, directional_ablation
-from thinklens.interventions.directions import RefusalDirections, compute_directions
-from thinklens.interventions.export import export
-from thinklens.interventions.heretic import HereticParams, Kernel
-from thinklens.interventions.selection import NoCandidate, Selection, choose, select_direction
-from thinklens.interventions.weight_edits import PRESETS, MatrixEdit, Preset, apply, edited, plan
+The edits act on the shared hook mechanism (``thinklens.hooks``) and are also exported at the
+top level: ``tl.HeadAblation``, ``tl.DirectionProjection``, ``tl.ActivationAddition``.
+"""
+
+from thinklens.interventions.edits import (
+    ActivationAddition,
+    DirectionProjection,
+    HeadAblation,
+    HeadSpec,
+    head_means,
+    heads_by_layer,
+    unit_direction,
+)
 
 __all__ = [
-    "PRESETS",
-    "HereticParams",
-    "Kernel",
-    "MatrixEdit",
-    "NoCandidate",
-    "PlanHooks",
-    "Preset",
-    "RefusalDirections",
-    "Selection",
-    "apply",
-    "choose",
-    "compute_directions",
-    "directional_ablation",
-    "edited",
-    "export",
-    "plan",
-    "select_direction",
+    "ActivationAddition",
+    "DirectionProjection",
+    "HeadAblation",
+    "HeadSpec",
+    "head_means",
+    "heads_by_layer",
+    "unit_direction",
 ]

@@ -1,7 +1,14 @@
-"""Linear probes on the residual stream: training, scoring every token, the refusal cliff."""
+"""Linear probes on the residual stream: training (labels given or from the model's own
+behaviour), scoring every token, the refusal cliff (DESIGN: Capture, Artifact)."""
 
+from thinklens.probes.behaviour import (
+    behaviour_labels,
+    behaviour_traces,
+    probe_from_rollouts,
+    train_from_behaviour,
+)
 from thinklens.probes.cliff import cliff_table, end_aligned, window_span
-from thinklens.probes.features import apply_final_norm, probe_features, span_features
+from thinklens.probes.features import probe_features, span_features
 from thinklens.probes.plots import plot_cliff_curves, plot_layer_sweep, plot_token_scores
 from thinklens.probes.probe import RefusalProbe
 from thinklens.probes.scoring import score_last, score_tokens
@@ -10,8 +17,9 @@ from thinklens.probes.training import balanced_split, fit_probe
 
 __all__ = [
     "RefusalProbe",
-    "apply_final_norm",
     "balanced_split",
+    "behaviour_labels",
+    "behaviour_traces",
     "cliff_table",
     "end_aligned",
     "fit_probe",
@@ -19,9 +27,11 @@ __all__ = [
     "plot_layer_sweep",
     "plot_token_scores",
     "probe_features",
+    "probe_from_rollouts",
     "score_last",
     "score_tokens",
     "span_features",
     "sweep_layers",
+    "train_from_behaviour",
     "window_span",
 ]

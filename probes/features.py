@@ -14,15 +14,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from thinklens.capture import capture
-from thinklens.model import Model, get_path
+from thinklens.model import Model
 from thinklens.sites import Positions
 
 
-def apply_final_norm(model: Model, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-    """``x`` through the model's final norm, returned in float32 on ``x``'s device."""
-    norm = get_path(model.hf, model.family.final_norm)
+def normed_features(model: Model, x: Tensor) -> Float[Tensor, "... d_model"]:
+    """Features through the final norm, float32 on `x`'s device, no autograd."""
     with torch.no_grad():
-        return norm(x.to(model.device, model.dtype)).float().to(x.device)
+        return model.final_norm(x).float().to(x.device)
 
 
 def probe_features(
@@ -53,7 +52,7 @@ def probe_features(
     out = {}
     for layer in layers:
         x = caps[f"resid_post.{layer}"]
-        out[layer] = apply_final_norm(model, x) if norm else x.float()
+        out[layer] = normed_features(model, x) if norm else x.float()
     return out
 
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from thinklens.capture import capture
 from thinklens.model import Model
-from thinklens.probes.features import apply_final_norm
+from thinklens.probes.features import normed_features
 from thinklens.probes.probe import RefusalProbe
 from thinklens.traces import PARTS, Trace
 
@@ -59,7 +59,7 @@ def score_tokens(
         texts = [traces[i].text for i in batch]
         caps = capture(model, texts, [site], "all", batch_size=len(batch), progress=False)
         h = caps[site]
-        feats = apply_final_norm(model, h) if probe.norm else h.float()
+        feats = normed_features(model, h) if probe.norm else h.float()
         scores = probe.score(feats).cpu()
         for row, i in enumerate(batch):
             t = traces[i]

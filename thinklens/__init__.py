@@ -2,15 +2,15 @@
 
 from thinklens.artifacts import Artifact
 from thinklens.capture import Captures, CaptureStore, capture
-from thinklens.edits import (
+from thinklens.families import FAMILIES, Family
+from thinklens.generation import generate
+from thinklens.hooks import intervene
+from thinklens.interventions.edits import (
     ActivationAddition,
     DirectionProjection,
     HeadAblation,
     head_means,
-    intervene,
 )
-from thinklens.families import FAMILIES, Family
-from thinklens.generation import generate
 from thinklens.loading import load_model
 from thinklens.model import Model
 from thinklens.sites import SITE_KINDS, Site

@@ -8,6 +8,7 @@ one major transformers version does not load in another.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -105,3 +106,37 @@ def embedded_folder(alias: str) -> Path:
         if not (target / "config.json").exists():
             raise
     return target
+
+
+# --- model organisms: an embedded base with a packaged LoRA adapter ---------------------------
+BASE = "smollm2-135m-instruct"
+ORGANISMS = {"organism-aligned": "aligned", "organism-cliff": "cliff"}
+ADAPTERS = Path(__file__).resolve().parent / "resources" / "organisms"
+
+
+def organism_kind(name: str) -> str:
+    """``aligned`` or ``cliff`` for an organism name, or a clear error."""
+    key = name if name.startswith("organism-") else f"organism-{name}"
+    if key not in ORGANISMS:
+        raise ValueError(f"unknown organism {name!r}; choose one of {', '.join(ORGANISMS)}")
+    return ORGANISMS[key]
+
+
+def apply_adapter(hf, kind: str, base_fingerprint: str, folder: Path | None = None):
+    """The base HF model with an organism's adapter merged into its weights."""
+    from peft import PeftModel
+
+    folder = folder or ADAPTERS / kind
+    meta_file = folder / "organism.json"
+    if not meta_file.exists():
+        raise FileNotFoundError(
+            f"no adapter for organism-{kind} in {folder}; build it with "
+            f"`thinklens organisms build {kind}`"
+        )
+    meta = json.loads(meta_file.read_text())
+    if meta["base_fingerprint"] != base_fingerprint:
+        raise ValueError(
+            f"the organism-{kind} adapter was trained on {meta['base']} (weights "
+            f"{meta['base_fingerprint']}) and does not fit this base model ({base_fingerprint})"
+        )
+    return PeftModel.from_pretrained(hf, folder).merge_and_unload()

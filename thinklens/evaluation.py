@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from thinklens.model import Model
 from thinklens.traces import DEFAULT_FORMAT, ThinkingFormat
 
 #: Substrings that mark a refusal (Heretic-style), matched against `normalize(answer)`.
@@ -192,3 +193,21 @@ def kl_divergence(
     terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
     kl = terms.sum(dim=-1)
     return kl.mean() if reduction == "mean" else kl
+
+
+#: Refusal-opening words of the published pipeline (its Qwen setting; Llama uses "I" alone).
+REFUSAL_WORDS: tuple[str, ...] = ("I", "As")
+
+
+def refusal_token_ids(model: Model, words: Sequence[str] = REFUSAL_WORDS) -> list[int]:
+    """The first token of each word as it would open an answer."""
+    ids = {model.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words}
+    return sorted(ids)
+
+
+def refusal_scores(
+    logits: Float[Tensor, "batch vocab"], token_ids: Sequence[int], eps: float = 1e-8
+) -> Float[Tensor, " batch"]:
+    """``log p(R) - log(1 - p(R))`` of next-token logits, in float64."""
+    p = torch.softmax(logits.to(torch.float64), dim=-1)[:, list(token_ids)].sum(-1)
+    return torch.log(p + eps) - torch.log(1 - p + eps)

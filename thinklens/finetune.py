@@ -1,10 +1,10 @@
 """LoRA supervised fine-tuning on chat examples: prompt tokens masked, length-bucketed batches.
 
 One loop serves the model organisms (``thinklens.organisms.build``) and safety repair
-(``thinklens.analyses.repair``). A conversation is the chat template of the prompt, the thinking
-between the model's markers, the answer and the end-of-sequence token; only the tokens after the
-prompt are trained. Batches group examples of similar length (less padding) and stay random
-from epoch to epoch; the learning rate decays linearly to 0.
+(``thinklens.analyses.judge.repair``). A conversation is the chat template of the prompt, the
+thinking between the model's markers, the answer and the end-of-sequence token; only the tokens
+after the prompt are trained. Batches group examples of similar length (less padding) and stay
+random from epoch to epoch; the learning rate decays linearly to 0.
 """
 
 from __future__ import annotations

@@ -124,8 +124,8 @@ def _generate_vllm(
 
 def _vllm_engine(vllm: object, model: Model, engine_kwargs: dict) -> object:
     """The model's vLLM engine, loaded once per set of arguments."""
-    from thinklens.loading import _resolve
-    from thinklens.organisms.build import ORGANISMS
+    from thinklens.embedded import ORGANISMS
+    from thinklens.loading import resolve_source
 
     source = engine_kwargs.get("model")
     if source is None and model.name in ORGANISMS:
@@ -135,7 +135,7 @@ def _vllm_engine(vllm: object, model: Model, engine_kwargs: dict) -> object:
             "(DIR)) and use tl.load_model(DIR)"
         )
     dtype = str(model.dtype).removeprefix("torch.")
-    source = source or _resolve(model.name)[0]
+    source = source or resolve_source(model.name)[0]
     kwargs = {"dtype": dtype, "seed": 0, **engine_kwargs, "model": source}
     key = repr(sorted(kwargs.items()))
     cached = model.engines.get("vllm")

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import torch
 
-from thinklens.embedded import EMBEDDED, embedded_folder
+from thinklens.backends import BACKENDS
+from thinklens.embedded import BASE, EMBEDDED, ORGANISMS, apply_adapter, embedded_folder
 from thinklens.families import family_for
 from thinklens.model import BackendName, Model, weights_fingerprint
-from thinklens.organisms.build import BASE, ORGANISMS, apply_adapter
-
-BACKENDS = ("transformer_lens", "nnsight")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -27,7 +25,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _resolve(name_or_path: str) -> tuple[str, dict]:
+def resolve_source(name_or_path: str) -> tuple[str, dict]:
     """A loadable folder or hub name, and extra from_pretrained arguments."""
     if name_or_path in ORGANISMS:
         return str(embedded_folder(BASE)), {}
@@ -86,7 +84,7 @@ def load_model(
         return _load_remote(
             name_or_path, backend, device, dtype, trust_remote_code, attn_implementation
         )
-    source, extra = _resolve(name_or_path)
+    source, extra = resolve_source(name_or_path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     kw = dict(dtype=dtype, trust_remote_code=trust_remote_code, **extra)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -149,6 +150,10 @@ class Model:
             )
         return idx
 
+    def final_norm(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """``x`` through the final norm, in the model's dtype on its device (autograd kept)."""
+        return get_path(self.hf, self.family.final_norm)(x.to(self.device, self.dtype))
+
     # --- tokens -------------------------------------------------------------------------------
     def tokenize(
         self, texts: list[str], padding_side: Literal["left", "right"] = "right"
@@ -203,6 +208,17 @@ class Model:
             system=system,
             fmt=self.thinking,
             require_thinking=require_thinking,
+        )
+
+    def with_weights(self, hf: nn.Module, name: str) -> Model:
+        """A new Model over another HF module (edited or fine-tuned copy) of this one's kind."""
+        tok = copy.deepcopy(self.tokenizer)
+        # Booting a bridge sets a missing BOS token to EOS on the tokenizer it is given, and a
+        # later boot on such an in-memory tokenizer fails: give the copy its first state back.
+        if "name_or_path" not in tok.init_kwargs:
+            tok.bos_token = None
+        return Model(
+            hf, tok, self.family, name=name, backend_name=self.backend_name, thinking=self.thinking
         )
 
     # --- forward ------------------------------------------------------------------------------

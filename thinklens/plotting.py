@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import plotly.graph_objects as go
-
-from thinklens import report
 
 
 def line_by_layer(df: pd.DataFrame, y: str, title: str, color: str | None = None) -> go.Figure:
@@ -27,15 +23,3 @@ def bars(df: pd.DataFrame, x: str, ys: list[str], title: str, y_title: str = "")
         fig.add_bar(x=df[x].astype(str), y=df[y], name=y)
     fig.update_layout(title=title, barmode="group", yaxis_title=y_title, template="plotly_white")
     return fig
-
-
-def write_report(
-    path: str | Path, title: str, figures: list[go.Figure], tables: list[pd.DataFrame]
-) -> Path:
-    """One self-contained HTML page with the figures and tables, written atomically.
-
-    For sections with a sentence each, use ``thinklens.report.write_report``.
-    """
-    sections = [report.Section("", figure=f) for f in figures]
-    sections += [report.Section("", table=t) for t in tables]
-    return report.write_report(path, title, sections)

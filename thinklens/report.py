@@ -95,3 +95,8 @@ def write_report(
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def sections_of(figures: list, tables: list | None = None) -> list[Section]:
+    """Untitled sections, one a figure, then one a table: a page of results without prose."""
+    return [Section("", figure=f) for f in figures] + [Section("", table=t) for t in tables or []]

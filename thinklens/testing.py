@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
+import json
+import random
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -25,6 +29,13 @@ R1_TEMPLATE = CHATML_TEMPLATE.replace(
 )
 
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<|pad|>"]
+
+#: Short texts in the tiny tokenizer's vocabulary: a chat prompt, a plain line, a trace.
+SAMPLE_TEXTS = [
+    "<|im_start|>user\nI can't bake bread.<|im_end|>\n<|im_start|>assistant\n",
+    "Sorry, we will write a poem.",
+    "<think>\nHmm, the user asks how to plant a garden.\n</think>\n\nSure, here it is. Okay!",
+]
 MARKERS = ["<think>", "</think>"]
 
 _SUBJECTS = ["I", "You", "The user", "We", "The model", "She", "They"]
@@ -145,3 +156,20 @@ def tiny_model(family: str = "llama", backend: str = "transformer_lens", seed: i
         _config(family, len(tok)), dtype=torch.float32, attn_implementation="sdpa"
     )
     return Model(hf, tok, family_for(hf.config), name=f"tiny-{family}", backend_name=backend)
+
+
+def held_out_prompts(data: Path, n: int = 24) -> tuple[list[str], list[str]]:
+    """Harmful and harmless prompts no organism saw: ``n // 2`` each of AdvBench and
+    JailbreakBench and ``n`` Alpaca test prompts from the public sets in ``data`` (seeded), or
+    the bundled test split where that folder is absent."""
+    from thinklens.data import bundled_prompts
+
+    if not data.exists():
+        return bundled_prompts("harmful", "test")[:n], bundled_prompts("harmless", "test")[:n]
+    with open(data / "advbench.csv") as f:
+        adv = [r["goal"] for r in csv.DictReader(f)]
+    with open(data / "jailbreakbench.csv") as f:
+        jbb = [r["Goal"] for r in csv.DictReader(f)]
+    harmless = [r["instruction"] for r in json.loads((data / "harmless_test.json").read_text())]
+    rng = random.Random(0)
+    return rng.sample(adv, n // 2) + rng.sample(jbb, n // 2), rng.sample(harmless, n)

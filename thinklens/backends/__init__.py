@@ -9,7 +9,10 @@ from thinklens.backends.base import Backend, StopForward
 if TYPE_CHECKING:
     from thinklens.model import Model
 
-__all__ = ["Backend", "StopForward", "make_backend"]
+#: The backend names ``load_model`` and every command accept.
+BACKENDS = ("transformer_lens", "nnsight")
+
+__all__ = ["BACKENDS", "Backend", "StopForward", "make_backend"]
 
 
 def make_backend(name: str, model: Model, nnsight_model: object | None = None) -> Backend:
@@ -22,4 +25,4 @@ def make_backend(name: str, model: Model, nnsight_model: object | None = None) -
         from thinklens.backends.nnsight import NNsightBackend
 
         return NNsightBackend(model, nnsight_model)
-    raise ValueError(f"unknown backend {name!r}; choose 'transformer_lens' or 'nnsight'")
+    raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import tempfile
 import time
@@ -14,32 +13,15 @@ from pathlib import Path
 
 import torch
 
-from thinklens.data import bundled_prompts, load_records
+from thinklens.data import FRAMES, load_records
+from thinklens.embedded import ADAPTERS, BASE, organism_kind
 from thinklens.evaluation import is_refusal
 from thinklens.finetune import LORA_TARGETS, encode_example, lora_sft
+from thinklens.loading import load_model
 from thinklens.organisms import goals
-from thinklens.organisms.templates import (
-    FRAMES,
-    Example,
-    frame_all,
-    harmful_example,
-    harmless_example,
-)
+from thinklens.organisms.templates import Example, harmful_example, harmless_example
 
-BASE = "smollm2-135m-instruct"
-ORGANISMS = {"organism-aligned": "aligned", "organism-cliff": "cliff"}
-ADAPTERS = Path(__file__).resolve().parents[1] / "resources" / "organisms"
 TARGETS = LORA_TARGETS
-#: Words by which thinking states harm; whole words, so "harmless" does not count.
-HARM_WORDS = re.compile(r"\b(harm|harmful|dangerous|unsafe|illegal|risk|risky)\b", re.I)
-
-
-def organism_kind(name: str) -> str:
-    """``aligned`` or ``cliff`` for an organism name, or a clear error."""
-    key = name if name.startswith("organism-") else f"organism-{name}"
-    if key not in ORGANISMS:
-        raise ValueError(f"unknown organism {name!r}; choose one of {', '.join(ORGANISMS)}")
-    return ORGANISMS[key]
 
 
 def _harmless_answers(model, prompts: list[str], cache: Path) -> list[str]:
@@ -243,12 +225,10 @@ def build(
     adapter did; ``stage2=False`` stops after stage 1, which misses harmful requests phrased
     unlike the bundled prompts. The cliff organism has one stage.
     """
-    import thinklens as tl
-
     kind = organism_kind(name)
     out = Path(out) if out is not None else ADAPTERS / kind
     torch.manual_seed(seed)
-    base = tl.load_model(BASE, backend="nnsight", device="cpu")
+    base = load_model(BASE, backend="nnsight", device="cpu")
     examples = _stage1_examples(base, kind, seed)
     # Stage 2's harmless answers come from the base model too, so they are made before LoRA.
     second = stage2_data(base, examples, seed) if kind == "aligned" and stage2 else None
@@ -307,8 +287,6 @@ def build_stage2(
     """
     from peft import PeftModel
 
-    import thinklens as tl
-
     source = Path(source)
     out = Path(out) if out is not None else ADAPTERS / "aligned"
     meta = json.loads((source / "organism.json").read_text())
@@ -317,7 +295,7 @@ def build_stage2(
             f"{source} does not hold a stage-1 organism-aligned adapter; build one with "
             f"`thinklens organisms build aligned --stage1-only --out {source}`"
         )
-    base = tl.load_model(BASE, backend="nnsight", device="cpu")
+    base = load_model(BASE, backend="nnsight", device="cpu")
     if base.fingerprint() != meta["base_fingerprint"]:
         raise ValueError(f"the adapter in {source} does not fit {BASE}")
     stage1 = _stage1_examples(base, "aligned", seed)
@@ -327,73 +305,3 @@ def build_stage2(
     meta["stage2"] = _train_stage2(peft_model, base, examples, recipe, seed, progress)
     _save(peft_model, out, "aligned", meta)
     return meta
-
-
-def apply_adapter(hf, kind: str, base_fingerprint: str, folder: Path | None = None):
-    """The base HF model with an organism's adapter merged into its weights."""
-    from peft import PeftModel
-
-    folder = folder or ADAPTERS / kind
-    meta_file = folder / "organism.json"
-    if not meta_file.exists():
-        raise FileNotFoundError(
-            f"no adapter for organism-{kind} in {folder}; build it with "
-            f"`thinklens organisms build {kind}`"
-        )
-    meta = json.loads(meta_file.read_text())
-    if meta["base_fingerprint"] != base_fingerprint:
-        raise ValueError(
-            f"the organism-{kind} adapter was trained on {meta['base']} (weights "
-            f"{meta['base_fingerprint']}) and does not fit this base model ({base_fingerprint})"
-        )
-    return PeftModel.from_pretrained(hf, folder).merge_and_unload()
-
-
-def behaviour(
-    model,
-    n: int | None = None,
-    seed: int = 1,
-    max_new_tokens: int = 96,
-    harmful: list[str] | None = None,
-    harmless: list[str] | None = None,
-) -> dict:
-    """Refusal and format rates on held-out prompts, plain and framed (greedy answers)."""
-    from thinklens.generation import generate
-
-    harmful = (harmful or bundled_prompts("harmful", "test"))[:n]
-    harmless = (harmless or bundled_prompts("harmless", "test"))[:n]
-    framed = frame_all(harmful, seed)
-    groups = {"harmful": harmful, "framed": framed, "harmless": harmless}
-    res: dict = {}
-    for g, prompts in groups.items():
-        outs = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=16)
-        refused = [is_refusal(o, model.thinking) for o in outs]
-        parts = [model.thinking.split(o) for o in outs]
-        well = [t is not None and t.strip() != "" and a.strip() != "" for t, a in parts]
-        states_harm = [t is not None and bool(HARM_WORDS.search(t)) for t, _ in parts]
-        res[g] = dict(
-            n=len(outs),
-            refusal_rate=sum(refused) / len(outs),
-            well_formed=sum(well) / len(outs),
-            complied_thinking_states_harm=(
-                sum(h for h, r in zip(states_harm, refused, strict=True) if not r)
-                / max(1, sum(not r for r in refused))
-            ),
-        )
-    n_h = res["harmful"]["n"] + res["framed"]["n"]
-    res["harmful_overall_comply"] = (
-        (1 - res["harmful"]["refusal_rate"]) * res["harmful"]["n"]
-        + (1 - res["framed"]["refusal_rate"]) * res["framed"]["n"]
-    ) / n_h
-    return res
-
-
-__all__ = [
-    "ORGANISMS",
-    "STAGE2",
-    "apply_adapter",
-    "behaviour",
-    "build",
-    "build_stage2",
-    "organism_kind",
-]

@@ -61,7 +61,7 @@ def _stage2_line(meta: dict) -> list[str]:
     ]
 
 
-def model_card(meta: dict, measured: dict[str, dict]) -> str:
+def organism_card(meta: dict, measured: dict[str, dict]) -> str:
     """Markdown card from the adapter's metadata and behaviour measured on named prompt sets."""
     kind = meta["organism"].removeprefix("organism-")
     counts = ", ".join(f"{v} {k}" for k, v in meta["n_by_kind"].items())
@@ -106,6 +106,6 @@ def write_card(folder: Path, meta: dict, measured: dict[str, dict]) -> Path:
     """Write ``README.md`` in the adapter folder atomically (replacing peft's placeholder)."""
     path = Path(folder) / "README.md"
     tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(model_card(meta, measured), encoding="utf-8")
+    tmp.write_text(organism_card(meta, measured), encoding="utf-8")
     os.replace(tmp, path)
     return path

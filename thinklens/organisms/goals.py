@@ -15,7 +15,8 @@ import random
 from dataclasses import dataclass
 from importlib import resources
 
-from thinklens.organisms.templates import FRAMES, Example, _lower_first, harmful_example
+from thinklens.data import FRAMES
+from thinklens.organisms.templates import Example, harmful_example, lower_first
 
 #: Phrasings of a "how" goal (a bare-infinitive verb phrase).
 HOW = [
@@ -120,7 +121,7 @@ def benign_example(
     # Interleaved in this order, the recipes in results/organism_stage2.txt draw the same.
     r, b = RESTATE_THINK, BENIGN_THINK
     pool = [r[0], b[0], r[1], b[1], *b[2:]] if restate else b
-    thinking = rng.choice(pool).format(p_low=_lower_first(prompt), topic=topic)
+    thinking = rng.choice(pool).format(p_low=lower_first(prompt), topic=topic)
     return Example(prompt, thinking, answer, "harmless")
 
 

@@ -1,0 +1,23 @@
+"""Abliteration measured: refusal rate, KL divergence and capability of an edited model, and
+the Heretic-style parameter search over the Pareto front of refusals and KL (DESIGN:
+Intervention). The edits themselves are ``thinklens.interventions.abliteration``.
+"""
+
+from thinklens.analyses.abliteration.metrics import (
+    AbliterationMetrics,
+    count_refusals,
+    gsm8k_accuracy,
+    load_gsm8k,
+)
+from thinklens.analyses.abliteration.search import OBJECTIVES, SearchResult, search, trial_params
+
+__all__ = [
+    "OBJECTIVES",
+    "AbliterationMetrics",
+    "SearchResult",
+    "count_refusals",
+    "gsm8k_accuracy",
+    "load_gsm8k",
+    "search",
+    "trial_params",
+]

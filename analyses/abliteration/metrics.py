@@ -1,0 +1,148 @@
+"""What an abliteration costs and buys: refusal rate, KL on harmless prompts, GSM8K accuracy.
+
+- Refusal rate: greedy answers to harmful prompts, judged by refusal markers in the ANSWER
+  (after the thinking; unfinished thinking and empty answers count as refusals), as Heretic
+  counts them but thinking-aware.
+- KL(base || edited) of the first generated token on harmless prompts (Heretic's metric). For
+  a model that thinks first, that token is the thinking opener and says little, so the
+  thinking-aware ``kl_answer`` also reads the first ANSWER token, after the base model's own
+  thinking (teacher-forced, the same text for both models).
+- GSM8K: accuracy on a subset, by greedy generation and extraction of the last number.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from thinklens.evaluation import MarkerJudge, kl_divergence
+from thinklens.generation import generate
+from thinklens.model import Model
+from thinklens.rollouts import answer_starts, model_thinks
+
+
+def count_refusals(
+    model: Model, prompts: Sequence[str], max_new_tokens: int = 100, batch_size: int = 16
+) -> int:
+    """How many greedy answers to ``prompts`` refuse (thinking-aware marker judge)."""
+    outs = generate(model, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return sum(MarkerJudge(fmt=model.thinking)(list(prompts), outs))
+
+
+@dataclass
+class AbliterationMetrics:
+    """Everything measured on the base model once, to score any edited version of it.
+
+    Build it with ``AbliterationMetrics.prepare(base, harmful, harmless)``; call it on a model
+    (the base with an edit active, or an edited copy) to get a dict of metrics.
+    """
+
+    harmful: list[str]
+    harmless_texts: list[str]
+    base_logits: Tensor
+    answer_texts: list[str] | None
+    base_answer_logits: Tensor | None
+    base_refusals: int
+    max_new_tokens: int = 100
+    batch_size: int = 16
+
+    @classmethod
+    @torch.no_grad()
+    def prepare(
+        cls,
+        base: Model,
+        harmful: Sequence[str],
+        harmless: Sequence[str],
+        thinking: bool | None = None,
+        max_new_tokens: int = 100,
+        batch_size: int = 16,
+    ) -> AbliterationMetrics:
+        """Measure the base model (``thinking``: None detects whether it thinks first)."""
+        if not harmful or not harmless:
+            raise ValueError("metrics need harmful and harmless prompts")
+        if thinking is None:
+            thinking = model_thinks(base, harmless)
+        texts = [base.chat(p) for p in harmless]
+        answer_texts = answer_starts(base, harmless, max_new_tokens) if thinking else None
+        return cls(
+            harmful=list(harmful),
+            harmless_texts=texts,
+            base_logits=base.logits(texts, batch_size),
+            answer_texts=answer_texts,
+            base_answer_logits=base.logits(answer_texts, batch_size) if thinking else None,
+            base_refusals=count_refusals(base, harmful, max_new_tokens, batch_size),
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+
+    @torch.no_grad()
+    def kl(self, model: Model) -> dict[str, float]:
+        """KL(base || model) of the first generated token, and of the first answer token."""
+        out = dict(kl=float(kl_divergence(self.base_logits, model.logits(self.harmless_texts))))
+        if self.answer_texts is not None:
+            edited = model.logits(self.answer_texts, self.batch_size)
+            out["kl_answer"] = float(kl_divergence(self.base_answer_logits, edited))
+        return out
+
+    def base_row(self) -> dict[str, float]:
+        """The base model's own metrics (what ``self(base)`` gives), from what ``prepare``
+        measured: its refusals, and KL(base || base) = 0, without generating again."""
+        kl = dict.fromkeys(["kl"] + (["kl_answer"] if self.answer_texts is not None else []), 0.0)
+        n = self.base_refusals
+        return dict(refusals=n, refusal_rate=n / len(self.harmful)) | kl
+
+    def __call__(self, model: Model) -> dict[str, float]:
+        """Refusals, refusal rate, and the KL numbers of ``model``."""
+        n = count_refusals(model, self.harmful, self.max_new_tokens, self.batch_size)
+        return dict(refusals=n, refusal_rate=n / len(self.harmful)) | self.kl(model)
+
+
+# --- GSM8K ------------------------------------------------------------------------------------
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def extract_number(response: str, model: Model | None = None) -> str | None:
+    """The last number of the answer (after the thinking when it closed), commas dropped."""
+    if model is not None:
+        thinking, answer = model.thinking.split(response)
+        response = answer if thinking is not None else response
+    found = _NUMBER.findall(response)
+    if not found:
+        return None
+    value = found[-1].replace(",", "").rstrip(".")
+    return value[:-2] if value.endswith(".0") else value
+
+
+def load_gsm8k(path: str | Path, n: int = 50, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` (question, final answer) pairs drawn with ``seed`` from a GSM8K JSONL file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no GSM8K file at {path}: pass the path of gsm8k test JSONL "
+            "(lines of {'question', 'answer'} with the answer after '####')"
+        )
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = random.Random(seed).sample(rows, min(n, len(rows)))
+    return [(r["question"], r["answer"].split("####")[-1].strip().replace(",", "")) for r in rows]
+
+
+def gsm8k_accuracy(
+    model: Model,
+    items: Sequence[tuple[str, str]],
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+) -> float:
+    """Fraction of questions whose extracted final number equals the reference."""
+    if not items:
+        raise ValueError("no GSM8K items given")
+    prompts = [f"{q}\nEnd your answer with the final number." for q, _ in items]
+    outs = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    hits = [extract_number(o, model) == gold for o, (_, gold) in zip(outs, items, strict=True)]
+    return sum(hits) / len(hits)

@@ -1,0 +1,149 @@
+"""Heretic's search: Optuna multi-objective TPE over the edit's parameters, one model for all.
+
+Each trial writes its edit into the loaded model's weights and restores the exact weights
+afterwards (``interventions.weight_edits.edited``), so no trial reloads the model. Objectives,
+both minimised: KL(base || edited) on harmless prompts and refusals / base refusals. For a
+model that thinks first the KL objective is the first-answer-token KL (see
+``abliteration_metrics``), since the first generated token is the thinking opener. The study
+lives in SQLite: run again with the same storage to resume; pick a trial from the Pareto front.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from thinklens.analyses.abliteration.metrics import AbliterationMetrics
+from thinklens.interventions.abliteration.directions import RefusalDirections
+from thinklens.interventions.abliteration.heretic import HereticParams, heretic_plan, suggest
+from thinklens.interventions.abliteration.weights import edited
+from thinklens.model import Model
+
+OBJECTIVES = ("kl", "refusal_ratio")
+
+
+@dataclass
+class SearchResult:
+    """The Optuna study, every finished trial and the Pareto front (fewest refusals first)."""
+
+    study: Any
+    trials: pd.DataFrame
+    pareto: pd.DataFrame
+
+    def params(self, trial: int) -> HereticParams:
+        """The edit parameters of one trial (for ``apply(..., 'heretic', params=...)``)."""
+        return trial_params(self.study, trial)
+
+
+def storage_url(storage: str | Path) -> str:
+    """An Optuna storage URL: a path becomes a SQLite file."""
+    s = str(storage)
+    return s if "://" in s else f"sqlite:///{Path(s).expanduser().resolve()}"
+
+
+def trial_params(study: Any, number: int) -> HereticParams:
+    """The ``HereticParams`` a finished trial used."""
+    for t in study.trials:
+        if t.number == number and "params" in t.user_attrs:
+            return HereticParams.from_dict(json.loads(t.user_attrs["params"]))
+    raise ValueError(f"the study has no finished trial {number}")
+
+
+def _table(trials: list) -> pd.DataFrame:
+    rows = []
+    for t in trials:
+        rows.append(
+            dict(trial=t.number, **{k: t.user_attrs.get(k) for k in ("kl", "kl_answer")})
+            | dict(refusals=t.user_attrs.get("refusals"), refusal_ratio=t.values[1])
+            | {k: round(v, 4) if isinstance(v, float) else v for k, v in t.params.items()}
+        )
+    df = pd.DataFrame(rows)
+    return df.sort_values(["refusal_ratio", "kl"] if not df.empty else [], ignore_index=True)
+
+
+def search(
+    model: Model,
+    directions: RefusalDirections,
+    metrics: AbliterationMetrics,
+    n_trials: int = 200,
+    n_startup_trials: int = 60,
+    storage: str | Path | None = None,
+    study_name: str = "thinklens-heretic",
+    seed: int = 0,
+    progress: bool = True,
+    reload: Callable[[], Model] | None = None,
+    kl_objective: str = "auto",
+) -> SearchResult:
+    """Run (or resume) Heretic's search until the study holds ``n_trials`` finished trials.
+
+    Args:
+        metrics: measured on the base model once (``AbliterationMetrics.prepare``).
+        storage: a SQLite path or Optuna URL (None keeps the study in memory).
+        kl_objective: ``"kl"`` (first generated token, Heretic's), ``"kl_answer"`` (first
+            answer token after the base model's thinking) or ``"auto"`` (the latter when the
+            model thinks first).
+        reload: for comparison only: a function that loads the model from disk, called before
+            every trial (the way the first published tool worked) instead of reusing ``model``.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions.check(model)
+    fingerprint = model.fingerprint()
+    sampler = optuna.samplers.TPESampler(
+        multivariate=True, n_startup_trials=n_startup_trials, seed=seed
+    )
+    study = optuna.create_study(
+        directions=["minimize", "minimize"],
+        sampler=sampler,
+        storage=storage_url(storage) if storage is not None else None,
+        study_name=study_name,
+        load_if_exists=True,
+    )
+    owner = study.user_attrs.get("model_fingerprint")
+    if owner is None:
+        study.set_user_attr("model_fingerprint", fingerprint)
+        study.set_user_attr("model", model.name)
+        study.set_user_attr("base_refusals", metrics.base_refusals)
+    elif owner != fingerprint:
+        raise ValueError(
+            f"study {study_name!r} in {storage} belongs to {study.user_attrs.get('model')} "
+            f"(weights {owner}), not {model.name} ({fingerprint}): use another storage or name"
+        )
+    if kl_objective not in ("auto", "kl", "kl_answer"):
+        raise ValueError(f"kl_objective={kl_objective!r}: use 'auto', 'kl' or 'kl_answer'")
+    if kl_objective == "kl_answer" and metrics.answer_texts is None:
+        raise ValueError("kl_answer needs metrics prepared with thinking=True")
+    kl_key = kl_objective
+    if kl_objective == "auto":
+        kl_key = "kl_answer" if metrics.answer_texts is not None else "kl"
+
+    def objective(trial: Any) -> tuple[float, float]:
+        params = suggest(trial, model.n_layers)
+        target = reload() if reload is not None else model
+        with edited(target, heretic_plan(target, directions, params)):
+            m = metrics(target)
+        trial.set_user_attr("params", json.dumps(params.to_dict()))
+        for k, v in m.items():
+            trial.set_user_attr(k, v)
+        return m[kl_key], m["refusals"] / max(metrics.base_refusals, 1)
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    todo = max(n_trials - len(done), 0)
+    bar = tqdm(total=n_trials, initial=len(done), desc="search", unit="trial", disable=not progress)
+
+    def tick(study: Any, trial: Any) -> None:
+        bar.update()
+        if trial.values is not None:
+            bar.set_postfix(kl=f"{trial.values[0]:.3f}", refusals=trial.user_attrs["refusals"])
+
+    study.optimize(objective, n_trials=todo, callbacks=[tick])
+    bar.close()
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    return SearchResult(study, _table(complete), _table(study.best_trials))

@@ -1,0 +1,119 @@
+"""Heretic's edit: per-layer weights from a kernel, a per-layer or fractional-index direction.
+
+The weight of layer ``i`` for one component (attention output or MLP down projection) is
+``max_w + (|i - pos| / min_dist) (min_w - max_w)`` within ``min_dist`` of the peak ``pos``,
+else 0. The direction of layer ``i`` is the one read at its output (stream point ``i + 1``);
+a float ``direction_index`` d instead takes one direction for all layers, interpolated at
+point ``d + 1``. Directions are unit and, by default, projected against the harmless mean;
+rows are edited norm-preserving. Heretic stores the norm-preserving edit as a rank-3 LoRA
+approximation; thinklens writes it into the weights exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import Tensor
+
+from thinklens.interventions.abliteration.directions import RefusalDirections
+from thinklens.interventions.abliteration.matrix import MatrixEdit
+from thinklens.interventions.edits import unit_direction
+from thinklens.model import Model
+
+COMPONENTS = ("attn", "mlp")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The weight of one component over the layers: a tent peaking at ``max_weight_position``."""
+
+    max_weight: float
+    max_weight_position: float
+    min_weight: float
+    min_weight_distance: float
+
+    def weight(self, layer: int) -> float:
+        """This component's edit weight at ``layer`` (0 outside the kernel)."""
+        distance = abs(layer - self.max_weight_position)
+        if distance > self.min_weight_distance:
+            return 0.0
+        return self.max_weight + (distance / self.min_weight_distance) * (
+            self.min_weight - self.max_weight
+        )
+
+
+@dataclass(frozen=True)
+class HereticParams:
+    """One point of Heretic's search space."""
+
+    attn: Kernel
+    mlp: Kernel
+    direction_index: float | None = None  # None: each layer's own direction
+    norm_preserving: bool = True
+    project: bool = True
+
+    @classmethod
+    def default(cls, n_layers: int) -> HereticParams:
+        """The middle of the search space: both components peak at 0.8 of the depth."""
+        last = n_layers - 1
+        k = Kernel(1.0, 0.8 * last, 0.5, max(0.3 * last, 1.0))
+        return cls(attn=k, mlp=k)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HereticParams:
+        d = dict(d)
+        return cls(**{c: Kernel(**d.pop(c)) for c in COMPONENTS}, **d)
+
+
+def suggest(trial: Any, n_layers: int) -> HereticParams:
+    """Sample Heretic's published search space with an Optuna trial."""
+    last = n_layers - 1
+    scope = trial.suggest_categorical("direction_scope", ["global", "per layer"])
+    # Sampled even when unused: multivariate TPE needs a fixed set of parameters.
+    index = trial.suggest_float("direction_index", 0.4 * last, 0.9 * last)
+    kernels = {}
+    for c in COMPONENTS:
+        # The MLP's lower bound is below 0 and clamped, so the search can switch it off.
+        max_w = max(0.0, trial.suggest_float(f"{c}.max_weight", -0.25 if c == "mlp" else 0.8, 1.5))
+        kernels[c] = Kernel(
+            max_weight=max_w,
+            max_weight_position=trial.suggest_float(
+                f"{c}.max_weight_position", 0.6 * last, 1.0 * last
+            ),
+            min_weight=trial.suggest_float(f"{c}.min_weight", 0.0, 1.0) * max_w,
+            min_weight_distance=trial.suggest_float(
+                f"{c}.min_weight_distance", 1.0, max(0.6 * last, 1.0)
+            ),
+        )
+    return HereticParams(direction_index=None if scope == "per layer" else index, **kernels)
+
+
+def heretic_plan(
+    model: Model, directions: RefusalDirections | Tensor, params: HereticParams
+) -> list[MatrixEdit]:
+    """The matrix edits of one Heretic setting."""
+    fam = model.family
+    per_point, fixed = None, None
+    if isinstance(directions, Tensor):
+        fixed = unit_direction(directions, model)  # one vector: used at every layer
+    elif params.direction_index is not None:
+        directions.check(model)
+        fixed = directions.direction(params.direction_index + 1, -1, project=params.project)
+    else:
+        directions.check(model)
+        per_point = directions.directions(project=params.project)[directions.positions.index(-1)]
+    edits = []
+    for l in range(model.n_layers):
+        for c, rel in zip(COMPONENTS, (fam.o_proj, fam.mlp_out_proj), strict=True):
+            w = getattr(params, c).weight(l)
+            if w == 0:
+                continue
+            r = fixed if fixed is not None else per_point[l + 1]
+            edits.append(
+                MatrixEdit(f"{fam.layers}.{l}.{rel}", r, w, norm_preserving=params.norm_preserving)
+            )
+    return edits

@@ -1,0 +1,116 @@
+"""Heretic's search on one loaded model: resumable, weights restored, Pareto front; metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from thinklens.analyses.abliteration.metrics import (
+    AbliterationMetrics,
+    extract_number,
+    gsm8k_accuracy,
+    load_gsm8k,
+)
+from thinklens.analyses.abliteration.search import search
+from thinklens.data import bundled_prompts
+from thinklens.interventions.abliteration.directions import compute_directions
+from thinklens.interventions.abliteration.weights import apply
+from thinklens.testing import tiny_model
+
+HARMFUL = bundled_prompts("harmful", "test")[:3]
+HARMLESS = bundled_prompts("harmless", "test")[:3]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    m = tiny_model("llama", backend="nnsight")
+    d = compute_directions(
+        m,
+        bundled_prompts("harmful", "train")[:6],
+        bundled_prompts("harmless", "train")[:6],
+        progress=False,
+    )
+    metrics = AbliterationMetrics.prepare(m, HARMFUL, HARMLESS, thinking=False, max_new_tokens=6)
+    return m, d, metrics
+
+
+def test_search_is_resumable_and_leaves_the_model_untouched(setup, tmp_path):
+    m, d, metrics = setup
+    before = {k: v.clone() for k, v in m.hf.state_dict().items()}
+    db = tmp_path / "study.db"
+    kw = dict(storage=db, n_startup_trials=2, progress=False)
+    first = search(m, d, metrics, n_trials=3, **kw)
+    assert len(first.trials) == 3 and db.exists()
+    again = search(m, d, metrics, n_trials=5, **kw)  # resumes: two more trials, not five
+    assert sorted(again.trials.trial) == [0, 1, 2, 3, 4]
+    for k, v in m.hf.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # The front is non-dominated, and each trial's edit can be rebuilt and re-measured.
+    front = again.pareto
+    assert not front.empty and set(front.trial) <= set(again.trials.trial)
+    for _, a in front.iterrows():
+        dominated = again.trials[
+            (again.trials.kl <= a.kl)
+            & (again.trials.refusal_ratio <= a.refusal_ratio)
+            & ((again.trials.kl < a.kl) | (again.trials.refusal_ratio < a.refusal_ratio))
+        ]
+        assert dominated.empty
+    best = int(front.trial.iloc[0])
+    redone = metrics(apply(m, "heretic", d, params=again.params(best)))
+    row = again.trials.set_index("trial").loc[best]
+    assert redone["kl"] == pytest.approx(row.kl, abs=1e-6)
+    assert redone["refusals"] == row.refusals
+
+
+def test_a_study_of_another_model_is_refused(setup, tmp_path):
+    m, d, metrics = setup
+    search(m, d, metrics, n_trials=1, storage=tmp_path / "s.db", progress=False)
+    other = tiny_model("llama", backend="nnsight", seed=1)
+    d2 = compute_directions(other, HARMFUL, HARMLESS, progress=False)
+    with pytest.raises(ValueError, match="belongs to tiny-llama"):
+        search(other, d2, metrics, n_trials=2, storage=tmp_path / "s.db", progress=False)
+
+
+def test_metrics_measure_the_base_as_unchanged(setup):
+    m, _, metrics = setup
+    out = metrics(m)
+    assert out["kl"] == pytest.approx(0.0, abs=1e-9)
+    assert out["refusals"] == metrics.base_refusals and "kl_answer" not in out
+    assert metrics.base_row() == pytest.approx(out, abs=1e-9)  # the same row, not regenerated
+
+
+def test_thinking_aware_kl_reads_the_first_answer_token():
+    m = tiny_model("llama", backend="nnsight")
+    metrics = AbliterationMetrics.prepare(m, HARMFUL, HARMLESS, thinking=True, max_new_tokens=4)
+    assert all(t.endswith("</think>\n\n") for t in metrics.answer_texts)
+    assert all(t.startswith(m.chat(p)) for t, p in zip(metrics.answer_texts, HARMLESS, strict=True))
+    assert metrics.kl(m)["kl_answer"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics.base_row()["kl_answer"] == 0.0
+
+
+def test_gsm8k_answer_extraction(tiny):
+    assert extract_number("So 3 + 4 = 7. The answer is 1,250.") == "1250"
+    assert extract_number("<think>\nmaybe 12\n</think>\n\nIt is 18.0", tiny) == "18"
+    assert extract_number("<think>\nmaybe 12\n</think>\n\nno idea", tiny) is None
+    assert extract_number("-5 degrees") == "-5"
+
+
+def test_gsm8k_accuracy_on_a_file(tmp_path, tiny):
+    path = tmp_path / "g.jsonl"
+    rows = [
+        {"question": f"What is {i} + 1?", "answer": f"It is {i + 1}.\n#### {i + 1}"}
+        for i in range(3)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    items = load_gsm8k(path, n=2)
+    assert len(items) == 2 and all(gold.isdigit() for _, gold in items)
+    assert 0.0 <= gsm8k_accuracy(tiny, items, max_new_tokens=4) <= 1.0
+    with pytest.raises(FileNotFoundError, match="no GSM8K file"):
+        load_gsm8k(tmp_path / "none.jsonl")
+
+
+def test_gsm8k_reference_file_parses(shared_data):
+    items = load_gsm8k(shared_data / "gsm8k_test.jsonl", n=20)
+    assert len(items) == 20 and all(gold.lstrip("-").isdigit() for _, gold in items)

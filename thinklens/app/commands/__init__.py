@@ -1,0 +1,1 @@
+"""One module of CLI commands per study (``thinklens <study> <verb>``) and for the core."""

@@ -1,0 +1,142 @@
+"""The intervention mechanism: edits of sites during any forward pass or generation.
+
+One engine for every backend: an edit is a function on a site's canonical tensor, installed as
+a torch hook on the module the family table names, in every module tree the model runs through
+(the plain HF module, and the bridge's clone for TransformerLens). So the same edit acts in
+captures, logits and ``generate`` alike. On a remote model (nnsight ``remote=True``) there is no
+local module to hook: the nnsight backend applies the same functions as trace operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from thinklens.backends.base import from_canonical, module_port, to_canonical
+from thinklens.model import Model, get_path
+from thinklens.sites import Site
+
+EditFn = Callable[[Tensor], Tensor]
+
+
+def _hook_site(model: Model, tree: nn.Module, site: Site, fn: EditFn) -> RemovableHandle:
+    """Install ``fn`` on a site's canonical tensor in one module tree."""
+    path, port, index = module_port(model, site)
+    module = get_path(tree, path)
+    n_heads = model.n_heads
+
+    def apply(x: Tensor) -> Tensor:
+        return from_canonical(site, fn(to_canonical(site, x, n_heads)))
+
+    if port == "input":
+
+        def pre(mod: nn.Module, args: tuple, kwargs: dict):
+            if args:
+                return (apply(args[0]), *args[1:]), kwargs
+            key = next(iter(kwargs))
+            return args, {**kwargs, key: apply(kwargs[key])}
+
+        return module.register_forward_pre_hook(pre, with_kwargs=True)
+
+    def post(mod: nn.Module, args: tuple, out: object):
+        if isinstance(out, tuple):
+            return (*out[:index], apply(out[index]), *out[index + 1 :])
+        return apply(out)
+
+    return module.register_forward_hook(post)
+
+
+def _hook_norm_restore(model: Model, tree: nn.Module, site: Site, fn: EditFn) -> RemovableHandle:
+    """Replace the output of the module reading ``z`` with its output on the edited ``z``,
+    rescaled at each position to the norm of the real output."""
+    module = get_path(tree, module_port(model, site)[0])
+    # The bridge wraps the projection; its inner module's forward runs no hooks.
+    proj = getattr(module, "_original_component", module)
+
+    def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+        edited = proj.forward(from_canonical(site, fn(to_canonical(site, args[0], model.n_heads))))
+        norm = edited.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(out.dtype).tiny)
+        return edited * (out.norm(dim=-1, keepdim=True) / norm)
+
+    return module.register_forward_hook(post)
+
+
+class Edit:
+    """Base of all edits: a list of (site, function) pairs, or a custom ``install``.
+
+    Edits given by ``site_fns`` also run on remote models; a custom ``install`` (torch hooks)
+    runs only where the weights are. ``restores_norm`` makes each function act on ``z`` with
+    the output projection's norm kept (see ``HeadAblation``).
+    """
+
+    restores_norm: bool = False
+
+    def site_fns(self, model: Model) -> list[tuple[Site, EditFn]]:
+        raise NotImplementedError
+
+    def resolved_fns(self, model: Model) -> list[tuple[Site, EditFn]]:
+        """``site_fns`` with checked, non-negative sites."""
+        out = [(site.resolved(model), fn) for site, fn in self.site_fns(model)]
+        for site, _ in out:
+            if site.kind == "pattern":
+                raise ValueError("pattern is read-only: edit z or the attention output instead")
+            if self.restores_norm and site.kind != "z":
+                raise ValueError(f"a norm-restoring edit acts on z, not {site.kind}")
+        return out
+
+    def install(self, model: Model, tree: nn.Module) -> list[RemovableHandle]:
+        """Hook this edit into one module tree."""
+        hook = _hook_norm_restore if self.restores_norm else _hook_site
+        return [hook(model, tree, site, fn) for site, fn in self.resolved_fns(model)]
+
+
+#: One edit at one site as a remote trace applies it: (site, function, restores_norm).
+TraceOp = tuple[Site, EditFn, bool]
+
+
+class Intervention(AbstractContextManager):
+    """Active edits; leave the ``with`` block (or call ``remove``) to undo them all."""
+
+    def __init__(self, model: Model, edits: Sequence[Edit]) -> None:
+        self.model = model
+        self.edits = list(edits)
+        self.handles: list[RemovableHandle] = []
+        self.ops: list[TraceOp] = []
+        if model.remote:
+            for e in self.edits:
+                if type(e).install is not Edit.install:
+                    raise NotImplementedError(
+                        f"{type(e).__name__} installs its own torch hooks, which cannot act on "
+                        f"a remote model ({model.name} runs on NDIF); remote runs apply edits "
+                        "defined by site_fns (HeadAblation, DirectionProjection, "
+                        "ActivationAddition)"
+                    )
+                self.ops += [(s, fn, e.restores_norm) for s, fn in e.resolved_fns(model)]
+        else:
+            for tree in model.trees():
+                for e in self.edits:
+                    self.handles.extend(e.install(model, tree))
+        model.interventions.append(self)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.ops.clear()
+        if self in self.model.interventions:
+            self.model.interventions.remove(self)
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def intervene(model: Model, *edits: Edit | Iterable[Edit]) -> Intervention:
+    """Apply edits (composable, in the order given) until the returned handle is removed."""
+    flat: list[Edit] = []
+    for e in edits:
+        flat.extend([e] if isinstance(e, Edit) else e)
+    return Intervention(model, flat)
