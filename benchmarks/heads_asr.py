@@ -3,7 +3,7 @@ before and after ablating the top 3% of heads by each method, against random hea
 
 Head scores come from benchmarks/head_scoring.py's cache (computed here if missing). Attack
 prompts are held-out public harmful prompts (AdvBench and JailbreakBench samples, as in
-tests/conftest.py held_out_prompts) wrapped in jailbreak framings, which the cliff organism
+benchmarks/common.py held_out_prompts) wrapped in jailbreak framings, which the cliff organism
 complies with, so the unablated ASR is high; harmless prompts measure the damage (refusals,
 first-token KL). Ablation is the published one: heads scaled by 0 with the attention-output
 norm restored, at every position while generating. Run: ``python benchmarks/heads_asr.py``.
@@ -41,7 +41,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import pandas as pd
 
-    from tests.conftest import held_out_prompts
+    from common import held_out_prompts
     from thinklens.analyses.heads.ablation import ablation_study, summarize_study
     from thinklens.data import frame_all
     from thinklens.interventions.heads.attribution import METHODS, score_heads

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest import SHARED_DATA, held_out_prompts  # noqa: E402
+from common import SHARED_DATA, held_out_prompts  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "organism_stage2.txt"
 

@@ -88,7 +88,7 @@ def _render_prompt(
     return text
 
 
-def _token_bounds(offsets: Sequence[tuple[int, int]], char_bounds: Sequence[int]) -> list[int]:
+def token_bounds(offsets: Sequence[tuple[int, int]], char_bounds: Sequence[int]) -> list[int]:
     """Map character boundaries to token boundaries: a token belongs to the part it starts in."""
     starts: list[int] = []
     prev_start, prev_end = 0, 0
@@ -145,7 +145,7 @@ def build_trace(
         raise ValueError("build_trace needs a fast tokenizer (one that returns offsets)") from err
     input_ids: list[int] = list(enc["input_ids"])
     offsets = [tuple(o) for o in enc["offset_mapping"]]
-    ends = _token_bounds(offsets, char_bounds)
+    ends = token_bounds(offsets, char_bounds)
     ends[-1] = len(input_ids)  # every token lies before the end of the text
     spans: dict[str, tuple[int, int]] = {}
     start = 0

@@ -257,12 +257,12 @@ def test_a_second_stage_trains_the_same_adapters():
     from peft import LoraConfig, get_peft_model
 
     from thinklens.finetune import lora_sft
-    from thinklens.organisms.build import _round_adapters
+    from thinklens.organisms.build import round_adapters
 
     m = tiny_model("llama")
     peft_model = get_peft_model(m.hf, LoraConfig(r=2, target_modules=["q_proj", "down_proj"]))
     names = {n for n, p in peft_model.named_parameters() if p.requires_grad}
-    _round_adapters(peft_model)
+    round_adapters(peft_model)
     before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if n in names}
     assert all(torch.equal(p, p.half().float()) for p in before.values())
     ex = training_examples("aligned", ["Sure."] * N_HARMLESS, 0)[:4]
@@ -283,10 +283,10 @@ def test_stage2_needs_a_stage1_aligned_adapter(tmp_path):
 
 
 def test_harmless_answers_must_come_from_the_plain_base(tmp_path):
-    from thinklens.organisms.build import _harmless_answers
+    from thinklens.organisms.build import harmless_answers
 
     with pytest.raises(ValueError, match="plain base model"):
-        _harmless_answers(tiny_model("llama"), ["Hi?"], tmp_path / "answers.json")
+        harmless_answers(tiny_model("llama"), ["Hi?"], tmp_path / "answers.json")
 
 
 def test_everyday_instructions_are_answered_when_asked_for():

@@ -9,7 +9,7 @@ from thinklens.traces import (
     PARTS,
     ThinkingFormat,
     Trace,
-    _token_bounds,
+    token_bounds,
     build_trace,
     build_traces,
     split_response,
@@ -141,9 +141,9 @@ def test_plain_template_ignored_when_template_exists(tok):
 def test_token_belongs_to_part_it_starts_in():
     # Tokens: [0,3) [3,7) [7,7) zero-width special [7,9); parts end at chars 5 and 9.
     offsets = [(0, 3), (3, 7), (0, 0), (7, 9)]
-    assert _token_bounds(offsets, [5, 9]) == [2, 4]
-    assert _token_bounds(offsets, [3, 9]) == [1, 4]
-    assert _token_bounds(offsets, [0, 9]) == [0, 4]
+    assert token_bounds(offsets, [5, 9]) == [2, 4]
+    assert token_bounds(offsets, [3, 9]) == [1, 4]
+    assert token_bounds(offsets, [0, 9]) == [0, 4]
 
 
 def test_build_traces(tok):

@@ -24,7 +24,7 @@ from thinklens.organisms.templates import Example, harmful_example, harmless_exa
 TARGETS = LORA_TARGETS
 
 
-def _harmless_answers(model, prompts: list[str], cache: Path) -> list[str]:
+def harmless_answers(model, prompts: list[str], cache: Path) -> list[str]:
     """The base model's own greedy answers (so fine-tuning keeps its abilities), cached."""
     from peft import PeftModel
 
@@ -121,7 +121,7 @@ def _save(peft_model, out: Path, kind: str, meta: dict) -> None:
     os.replace(tmp, out)
 
 
-def _round_adapters(peft_model) -> None:
+def round_adapters(peft_model) -> None:
     """Round the adapters to half precision, as saved, so a later stage starts from the file."""
     for name, p in peft_model.named_parameters():
         if "lora_" in name:
@@ -145,7 +145,7 @@ def stage2_data(base, stage1: list[Example], seed: int, **recipe) -> tuple[list[
     answers = {
         p: a
         for file, prompts in asked.items()
-        for p, a in zip(prompts, _harmless_answers(base, prompts, _cache_dir() / file), strict=True)
+        for p, a in zip(prompts, harmless_answers(base, prompts, _cache_dir() / file), strict=True)
         if not is_refusal(a, None)  # the base model declined a few: nothing to teach
     }
     rng = random.Random(seed + 2)
@@ -205,7 +205,7 @@ def _stage1_examples(base, kind: str, seed: int) -> list[Example]:
     """Stage 1's conversations for ``kind``, its harmless answers from the plain ``base``."""
     prompts = [p for p, _ in organism_prompts("harmless")]
     cache = _cache_dir() / "organism-harmless-answers.json"
-    return training_examples(kind, _harmless_answers(base, prompts, cache), seed)
+    return training_examples(kind, harmless_answers(base, prompts, cache), seed)
 
 
 def build(
@@ -265,7 +265,7 @@ def build(
         build_seconds=round(time.time() - start, 1),
     )
     if second is not None:
-        _round_adapters(fit.model)
+        round_adapters(fit.model)
         meta["stage2"] = _train_stage2(fit.model, base, *second, seed, progress)
     _save(fit.model, out, kind, meta)
     return meta
@@ -301,7 +301,7 @@ def build_stage2(
     stage1 = _stage1_examples(base, "aligned", seed)
     examples, recipe = stage2_data(base, stage1, seed, **recipe)  # before the adapter
     peft_model = PeftModel.from_pretrained(base.hf, source, is_trainable=True)
-    _round_adapters(peft_model)  # loaded in half precision; trained in float32
+    round_adapters(peft_model)  # loaded in half precision; trained in float32
     meta["stage2"] = _train_stage2(peft_model, base, examples, recipe, seed, progress)
     _save(peft_model, out, "aligned", meta)
     return meta
