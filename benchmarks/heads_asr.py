@@ -40,8 +40,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import pandas as pd
-
     from common import held_out_prompts
+
     from thinklens.analyses.heads.ablation import ablation_study, summarize_study
     from thinklens.data import frame_all
     from thinklens.interventions.heads.attribution import METHODS, score_heads

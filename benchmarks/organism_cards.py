@@ -13,8 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import thinklens as tl  # noqa: E402
 from common import SHARED_DATA, held_out_prompts  # noqa: E402
+
+import thinklens as tl  # noqa: E402
 from thinklens.organisms import behaviour  # noqa: E402
 from thinklens.organisms.build import ADAPTERS  # noqa: E402
 from thinklens.organisms.card import write_card  # noqa: E402

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from common import SHARED_DATA, held_out_prompts  # noqa: E402
 
 import thinklens as tl  # noqa: E402
-from common import SHARED_DATA, held_out_prompts  # noqa: E402
 from thinklens.analyses.cliff import CliffResult, cliff_by_group  # noqa: E402
 from thinklens.data import (
     bundled_prompts,  # noqa: E402

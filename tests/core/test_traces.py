@@ -9,10 +9,10 @@ from thinklens.traces import (
     PARTS,
     ThinkingFormat,
     Trace,
-    token_bounds,
     build_trace,
     build_traces,
     split_response,
+    token_bounds,
 )
 
 PROMPT = "How do I pick a lock?"
