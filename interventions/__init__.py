@@ -1,5 +1,5 @@
 """Interventions: the edits (head ablation, direction projection, activation addition) and one
-sub-package per study that edits: ``heads`` (attribution) and ``abliteration`` (DESIGN:
+sub-package per study that edits: ``heads`` (attribution) and ``abliteration`` (README ideas:
 Intervention).
 
 The edits act on the shared hook mechanism (``thinklens.hooks``) and are also exported at the

@@ -1,10 +1,11 @@
 """Linear probes on the residual stream: training (labels given or from the model's own
-behaviour), scoring every token, the refusal cliff (DESIGN: Capture, Artifact)."""
+behaviour), scoring every token, the refusal cliff (README ideas: Capture, Artifact)."""
 
 from thinklens.probes.behaviour import (
     behaviour_labels,
     behaviour_traces,
     probe_from_rollouts,
+    published_probe_text,
     train_from_behaviour,
 )
 from thinklens.probes.cliff import cliff_table, end_aligned, window_span
@@ -28,6 +29,7 @@ __all__ = [
     "plot_token_scores",
     "probe_features",
     "probe_from_rollouts",
+    "published_probe_text",
     "score_last",
     "score_tokens",
     "span_features",

@@ -56,8 +56,13 @@ def behaviour_labels(
     min_thinking_words: int = 5,
     max_per_class: int = 200,
     complied_negative: bool = False,
+    protocol: Literal["thinklens", "published"] = "thinklens",
 ) -> tuple[list[str], list[int]]:
     """Probe texts (prompt + thinking + marker) and labels from the model's own behaviour.
+
+    ``protocol="published"`` writes each text as the refusal-cliff code does
+    (``published_probe_text``); thinklens's texts are the model's traces laid out by its chat
+    and thinking format (no blank line after the opener).
 
     Published: 1 = refused harmful, 0 = benign. With ``complied_negative`` the harmful traces
     the model answered are labelled 0 too. Each text ends at the marker, as published; its
@@ -71,9 +76,27 @@ def behaviour_labels(
     refused, ok = _labelled_rows(
         harmful, benign, min_thinking_words, max_per_class, complied_negative
     )
-    texts = [t.text for t in traces_of(model, refused, answers=False)]
-    texts += [t.text for t in traces_of(model, ok, answers=False)]
+    if protocol == "published":
+        rows = pd.concat([refused, ok])
+        texts = [published_probe_text(model, r.prompt, r.thinking) for r in rows.itertuples()]
+    elif protocol == "thinklens":
+        texts = [t.text for t in traces_of(model, refused, answers=False)]
+        texts += [t.text for t in traces_of(model, ok, answers=False)]
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}; choose 'thinklens' or 'published'")
     return texts, [1] * len(refused) + [0] * len(ok)
+
+
+def published_probe_text(model: Model, prompt: str, thinking: str) -> str:
+    """The refusal-cliff code's probe input: the chat template of the prompt with the generation
+    prompt, a blank line, the thinking (trailing newlines dropped), then the closing marker on
+    its own line and a blank line (``template + "\n\n" + thinking + "\n</think>\n\n"``).
+
+    The published code tokenizes it with ``add_special_tokens=True``, which may add a second BOS
+    token before the template's own; thinklens reads texts with ``add_special_tokens=False``.
+    """
+    close = model.thinking.close
+    return model.chat(prompt) + "\n\n" + thinking.rstrip("\n") + f"\n{close}\n\n"
 
 
 def behaviour_traces(

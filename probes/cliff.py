@@ -19,6 +19,7 @@ cliff (the tail and the proxy are still defined); it is kept, not dropped, so ro
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -71,23 +72,58 @@ def resample(curve: np.ndarray, n_points: int) -> np.ndarray:
     return np.interp(np.linspace(0, len(curve) - 1, n_points), np.arange(len(curve)), curve)
 
 
+def _published_curve(name: str, zero_filled: np.ndarray, n: np.ndarray) -> pd.DataFrame:
+    """The published mean curve: every row averaged, zeros included, cubic onto 100 points."""
+    from scipy.interpolate import interp1d
+
+    mean = zero_filled.mean(0)
+    width = len(mean)
+    offset = np.arange(-width, 0, dtype=float)
+    if width != 100:
+        if width < 4:
+            raise ValueError(
+                f"the published cubic resampling needs at least 4 aligned tokens, got {width}"
+            )
+        old, new = np.linspace(0, width - 1, width), np.linspace(0, width - 1, 100)
+        cubic = interp1d(old, mean, kind="cubic", bounds_error=False, fill_value="extrapolate")
+        mean, offset, n = cubic(new), np.interp(new, old, offset), np.interp(new, old, n)
+    return pd.DataFrame(
+        dict(
+            group=name,
+            x=np.linspace(0, 1, 100),
+            offset=offset,
+            mean=mean,
+            lo=np.nan,
+            hi=np.nan,
+            n=n.astype(float),
+        )
+    )
+
+
 def end_aligned(
     scores: pd.DataFrame,
     groups: Mapping[int, str] | None = None,
     window: int | None = None,
     n_points: int = 100,
+    protocol: Literal["thinklens", "published"] = "thinklens",
 ) -> pd.DataFrame:
     """Mean score curves per group over the positions before the answer, aligned at the end.
 
-    As published: each example's scores over prompt + thinking + marker are right-aligned (so
-    offset -1 is the last token before the answer for every example), averaged over the
-    examples that reach each offset, and the mean curve is resampled to ``n_points``.
-    ``window`` keeps only the last ``window`` tokens (to zoom in on the cliff).
+    Each example's scores over prompt + thinking + marker are right-aligned (so offset -1 is
+    the last token before the answer for every example). thinklens averages, at each offset,
+    the examples that reach it, and resamples the mean linearly to ``n_points``.
+    ``protocol="published"`` does what the refusal-cliff code does: the aligned matrix is
+    zero-filled on the left and averaged over every example, zeros included (so the early
+    offsets, which only long traces reach, are pulled towards 0), and resampled with cubic
+    interpolation onto 100 points (a curve of exactly 100 tokens is left as it is); ``lo`` and
+    ``hi`` are then NaN. ``window`` keeps only the last ``window`` tokens.
 
     Returns columns ``group``, ``x`` (0 = earliest aligned token, 1 = the last one),
     ``offset`` (tokens before the answer, negative), ``mean``, ``lo``/``hi`` (95% normal
     interval of the mean) and ``n`` (examples covering that point).
     """
+    if protocol not in ("thinklens", "published"):
+        raise ValueError(f"unknown protocol {protocol!r}; choose 'thinklens' or 'published'")
     before = scores[scores["from_answer"] < 0]
     groups = groups or {ex: "all" for ex in before["example"].unique()}
     out = []
@@ -105,6 +141,9 @@ def end_aligned(
         for i, c in enumerate(curves):
             mat[i, width - len(c) :] = c
         n = (~np.isnan(mat)).sum(0)
+        if protocol == "published":
+            out.append(_published_curve(name, np.nan_to_num(mat, nan=0.0), n))
+            continue
         mean = np.nanmean(mat, 0)
         dev = np.where(np.isnan(mat), 0.0, mat - mean)
         sd = np.sqrt((dev**2).sum(0) / np.maximum(n - 1, 1))  # 0 where one curve covers

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from thinklens.capture import capture
 from thinklens.model import Model
-from thinklens.probes.features import normed_features
+from thinklens.probes.features import normed_features, probe_features
 from thinklens.probes.probe import RefusalProbe
 from thinklens.traces import PARTS, Trace
 
@@ -96,8 +96,6 @@ def score_last(
     model: Model, probe: RefusalProbe, texts: Sequence[str], batch_size: int = 8
 ) -> torch.Tensor:
     """The probe's score at the last position of each text (the published cliff proxy)."""
-    from thinklens.probes.features import probe_features
-
     probe.check(model)
     feats = probe_features(model, texts, [probe.layer], probe.norm, "last", batch_size, False)
     return probe.score(feats[probe.layer])

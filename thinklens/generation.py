@@ -12,6 +12,8 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from thinklens.embedded import ORGANISMS
+from thinklens.loading import resolve_source
 from thinklens.model import Model
 
 Engine = Literal["hf", "vllm"]
@@ -124,9 +126,6 @@ def _generate_vllm(
 
 def _vllm_engine(vllm: object, model: Model, engine_kwargs: dict) -> object:
     """The model's vLLM engine, loaded once per set of arguments."""
-    from thinklens.embedded import ORGANISMS
-    from thinklens.loading import resolve_source
-
     source = engine_kwargs.get("model")
     if source is None and model.name in ORGANISMS:
         raise ValueError(

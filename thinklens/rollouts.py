@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from thinklens.evaluation import Judge, MarkerJudge
+from thinklens.data import load_records
+from thinklens.evaluation import Judge, MarkerJudge, is_refusal
 from thinklens.generation import generate
 from thinklens.model import Model
 from thinklens.traces import Trace
@@ -69,9 +70,6 @@ def read_traces(source: str, fmt_model: Model, limit: int | None = None) -> pd.D
     ``thinking`` (and optionally ``answer``); other fields (``group``, ids) are kept. Refusal
     is read from the answer unless the record gives ``refused``.
     """
-    from thinklens.data import load_records
-    from thinklens.evaluation import is_refusal
-
     rows = load_records(source, limit=limit)
     fmt = fmt_model.thinking
     for n, row in enumerate(rows):

@@ -1,6 +1,6 @@
 """The refusal-cliff study: probe scores over every token of the model's own reasoning traces,
-compared between refused harmful, complied harmful and harmless traces (DESIGN: Trace, Capture;
-the probe itself is ``thinklens.probes``).
+compared between refused harmful, complied harmful and harmless traces (README ideas: Trace,
+Capture; the probe itself is ``thinklens.probes``).
 
 ``rollout`` the prompts (``thinklens.rollouts``), train a probe from behaviour
 (``thinklens.probes.train_from_behaviour``), then ``cliff_by_group``.

@@ -1,5 +1,5 @@
 """Echo of Prompt: reasoning traces that restate the question, the Echo Likelihood Gap, the
-attention from the answer to the question and the echo, and Echoic Prompting (DESIGN: Trace,
+attention from the answer to the question and the echo, and Echoic Prompting (README ideas: Trace,
 Capture).
 """
 

@@ -1,5 +1,5 @@
 """Cliff-as-a-Judge: rank candidate safety examples by their refusal cliff, select the few
-that repair the model, export them for training frameworks, and repair with LoRA (DESIGN:
+that repair the model, export them for training frameworks, and repair with LoRA (README ideas:
 Trace, Artifact).
 """
 

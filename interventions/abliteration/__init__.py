@@ -1,5 +1,5 @@
 """Abliteration: refusal directions from activation differences, removed at inference or
-written into the weights, with the presets of the published tools (DESIGN: Intervention,
+written into the weights, with the presets of the published tools (README ideas: Intervention,
 Artifact).
 
 ``compute_directions`` -> ``select_direction`` (Arditi et al.) -> ``directional_ablation`` at

@@ -10,6 +10,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from thinklens.interventions.abliteration.directions import RefusalDirections
+from thinklens.interventions.abliteration.heretic import HereticParams, heretic_plan
 from thinklens.interventions.abliteration.matrix import MatrixEdit
 from thinklens.interventions.edits import unit_direction
 from thinklens.model import Model
@@ -136,8 +137,6 @@ def plan(
     if p.kernel and (layer, pos, scale) != (None, None, None):
         raise ValueError("heretic takes its layers and weights from params, not layer/pos/scale")
     if p.kernel:
-        from thinklens.interventions.abliteration.heretic import HereticParams, heretic_plan
-
         return heretic_plan(model, directions, params or HereticParams.default(model.n_layers))
     w = p.scale if scale is None else float(scale)
     if p.name == "erisforge" and not -1 <= w <= 1:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from thinklens.interventions.abliteration.directions import RefusalDirections
+from thinklens.interventions.abliteration.heretic import HereticParams
 from thinklens.interventions.abliteration.matrix import MatrixEdit, edit_params, write_edit
 from thinklens.interventions.abliteration.presets import (
     Preset,
@@ -77,8 +78,6 @@ def apply(
     """
     p = get_preset(preset)
     if p.kernel and kw.get("params") is None:
-        from thinklens.interventions.abliteration.heretic import HereticParams
-
         kw["params"] = HereticParams.default(model.n_layers)
     edits = plan(model, p, directions, **kw)
     if not edits:

@@ -1,4 +1,4 @@
-"""Refusal-suppressing heads: score every attention head by what it does to refusal (DESIGN:
+"""Refusal-suppressing heads: score every attention head by what it does to refusal (README ideas:
 Intervention, Capture).
 
 ``score_heads(model, texts, probe, methods=...)`` ranks heads by direct attribution (published),

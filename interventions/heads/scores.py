@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from thinklens.interventions.edits import HeadAblation
+from thinklens.tables import read_table
 
 #: How to rank heads: most negative first (suppressors), most positive first, or largest |score|.
 Order = Literal["ascending", "descending", "abs"]
@@ -194,8 +195,6 @@ class HeadScores:
     @classmethod
     def load(cls, path: str | Path, method: str | None = None) -> HeadScores:
         """Scores from a table written by ``write_table(scores.frame(), path)``."""
-        from thinklens.tables import read_table
-
         return cls.from_frame(read_table(path), method)
 
 

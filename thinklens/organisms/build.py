@@ -8,15 +8,18 @@ import random
 import shutil
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
 
+from thinklens.config import Config, option
 from thinklens.data import FRAMES, load_records
-from thinklens.embedded import ADAPTERS, BASE, organism_kind
+from thinklens.embedded import ADAPTERS, BASE, cache_root, organism_kind
 from thinklens.evaluation import is_refusal
 from thinklens.finetune import LORA_TARGETS, encode_example, lora_sft
+from thinklens.generation import generate
 from thinklens.loading import load_model
 from thinklens.organisms import goals
 from thinklens.organisms.templates import Example, harmful_example, harmless_example
@@ -27,8 +30,6 @@ TARGETS = LORA_TARGETS
 def harmless_answers(model, prompts: list[str], cache: Path) -> list[str]:
     """The base model's own greedy answers (so fine-tuning keeps its abilities), cached."""
     from peft import PeftModel
-
-    from thinklens.generation import generate
 
     if model.name != BASE or isinstance(model.hf, PeftModel):
         raise ValueError(
@@ -85,19 +86,23 @@ def format_example(model, ex: Example) -> tuple[list[int], int]:
     return encode_example(model, ex.prompt, ex.thinking, ex.answer)
 
 
-#: organism-aligned's second stage (``thinklens.organisms.goals``), trained on top of stage 1.
-#: Chosen on validation prompts among ten recipes (``benchmarks/results/organism_stage2.txt``).
-STAGE2 = dict(
-    per_goal=3,
-    framed_share=0.5,
-    replay_harmless=0.5,
-    replay_harmful=0.25,
-    instructions=True,
-    restate=False,
-    harmless_goals=False,
-    epochs=1,
-    lr=5e-4,
-)
+@dataclass(frozen=True, kw_only=True)
+class Stage2Recipe(Config):
+    """organism-aligned's second stage (``thinklens.organisms.goals``), trained on top of stage 1.
+
+    The defaults are the recipe chosen on validation prompts among ten
+    (``benchmarks/results/organism_stage2.txt``); unknown keys are errors.
+    """
+
+    per_goal: int = option(3, help="phrasings of each goal")
+    framed_share: float = option(0.5, help="share of harmful goals also asked under a framing")
+    replay_harmless: float = option(0.5, help="share of stage 1's harmless examples replayed")
+    replay_harmful: float = option(0.25, help="share of stage 1's refusals replayed")
+    instructions: bool = option(True, help="answer the everyday instructions")
+    restate: bool = option(False, help="let harmless thinking restate the request")
+    harmless_goals: bool = option(False, help="answer the harmless goals")
+    epochs: int = option(1, help="epochs over stage 2's examples")
+    lr: float = option(5e-4, help="learning rate")
 
 
 def _counts(examples: list[Example]) -> dict[str, int]:
@@ -128,19 +133,19 @@ def round_adapters(peft_model) -> None:
             p.data = p.data.half().float()
 
 
-def stage2_data(base, stage1: list[Example], seed: int, **recipe) -> tuple[list[Example], dict]:
-    """Stage 2's conversations (goals in red-teaming phrasings plus ``stage1`` examples
-    replayed) and its recipe.
+def stage2_data(
+    base, stage1: list[Example], seed: int, recipe: Stage2Recipe = Stage2Recipe()
+) -> list[Example]:
+    """Stage 2's conversations: goals in red-teaming phrasings plus ``stage1`` examples replayed.
 
     ``base`` must be the plain base model: its greedy answers are the harmless answers.
     """
-    recipe = {**STAGE2, **recipe}
     asked = {}
-    if recipe["harmless_goals"]:
+    if recipe.harmless_goals:
         asked["organism-goal-answers.json"] = [
-            p for p, _ in goals.goal_prompts("harmless", recipe["per_goal"], seed)
+            p for p, _ in goals.goal_prompts("harmless", recipe.per_goal, seed)
         ]
-    if recipe["instructions"]:
+    if recipe.instructions:
         asked["organism-everyday-answers.json"] = [p for p, _ in goals.load_instructions()]
     answers = {
         p: a
@@ -152,22 +157,22 @@ def stage2_data(base, stage1: list[Example], seed: int, **recipe) -> tuple[list[
     replay = []
     for kind, share in (("harmless", "replay_harmless"), ("harmful-refuse", "replay_harmful")):
         pool = [e for e in stage1 if e.kind == kind]
-        replay += rng.sample(pool, round(recipe[share] * len(pool)))
+        replay += rng.sample(pool, round(getattr(recipe, share) * len(pool)))
     examples = goals.stage2_examples(
         answers,
         replay,
-        recipe["per_goal"],
-        recipe["framed_share"],
+        recipe.per_goal,
+        recipe.framed_share,
         seed,
-        recipe["instructions"],
-        recipe["restate"],
-        recipe["harmless_goals"],
+        recipe.instructions,
+        recipe.restate,
+        recipe.harmless_goals,
     )
-    return examples, recipe
+    return examples
 
 
 def _train_stage2(
-    peft_model, base, examples: list[Example], recipe: dict, seed: int, progress: bool
+    peft_model, base, examples: list[Example], recipe: Stage2Recipe, seed: int, progress: bool
 ) -> dict:
     """Go on training organism-aligned's adapters on stage 2's examples; its metadata."""
     encoded = [format_example(base, ex) for ex in examples]
@@ -176,15 +181,15 @@ def _train_stage2(
         peft_model,
         encoded,
         base.tokenizer.pad_token_id,
-        epochs=recipe["epochs"],
-        lr=recipe["lr"],
+        epochs=recipe.epochs,
+        lr=recipe.lr,
         batch_size=8,
         seed=seed,
         progress=progress,
         desc="build aligned, stage 2",
     )
     return dict(
-        **recipe,
+        **asdict(recipe),
         n_examples=len(examples),
         n_by_kind=_counts(examples),
         final_loss=fit.final_loss,
@@ -194,8 +199,6 @@ def _train_stage2(
 
 def _cache_dir() -> Path:
     """The folder that caches the base model's answers to the organisms' harmless prompts."""
-    from thinklens.embedded import cache_root
-
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     return root
@@ -217,13 +220,13 @@ def build(
     rank: int = 8,
     batch_size: int = 8,
     progress: bool = True,
-    stage2: bool = True,
+    stage2: Stage2Recipe | None = Stage2Recipe(),
 ) -> dict:
     """Train one organism's LoRA adapter from its seed and write it (atomically) to ``out``.
 
-    organism-aligned then trains a second stage on top (:data:`STAGE2`), as the packaged
-    adapter did; ``stage2=False`` stops after stage 1, which misses harmful requests phrased
-    unlike the bundled prompts. The cliff organism has one stage.
+    organism-aligned then trains a second stage on top (``stage2``, by default the recipe the
+    packaged adapter was built with); ``stage2=None`` stops after stage 1, which misses harmful
+    requests phrased unlike the bundled prompts. The cliff organism has one stage.
     """
     kind = organism_kind(name)
     out = Path(out) if out is not None else ADAPTERS / kind
@@ -231,7 +234,9 @@ def build(
     base = load_model(BASE, backend="nnsight", device="cpu")
     examples = _stage1_examples(base, kind, seed)
     # Stage 2's harmless answers come from the base model too, so they are made before LoRA.
-    second = stage2_data(base, examples, seed) if kind == "aligned" and stage2 else None
+    second = None
+    if kind == "aligned" and stage2 is not None:
+        second = stage2_data(base, examples, seed, stage2)
     encoded = [format_example(base, ex) for ex in examples]
     base_fingerprint = base.fingerprint()  # before LoRA wraps the modules
     start = time.time()
@@ -266,7 +271,7 @@ def build(
     )
     if second is not None:
         round_adapters(fit.model)
-        meta["stage2"] = _train_stage2(fit.model, base, *second, seed, progress)
+        meta["stage2"] = _train_stage2(fit.model, base, second, stage2, seed, progress)
     _save(fit.model, out, kind, meta)
     return meta
 
@@ -276,12 +281,12 @@ def build_stage2(
     out: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
-    **recipe,
+    recipe: Stage2Recipe = Stage2Recipe(),
 ) -> dict:
     """Train organism-aligned's second stage on the stage-1 adapter in ``source``.
 
-    ``build("aligned")`` runs both stages; this runs the second alone, for trying a recipe
-    (keyword arguments override :data:`STAGE2`). ``source`` must hold a stage-1 adapter
+    ``build("aligned")`` runs both stages; this runs the second alone, for trying a
+    ``recipe``. ``source`` must hold a stage-1 adapter
     (``thinklens organisms build aligned --stage1-only --out SOURCE``); ``out`` defaults to the
     packaged adapter.
     """
@@ -299,7 +304,7 @@ def build_stage2(
     if base.fingerprint() != meta["base_fingerprint"]:
         raise ValueError(f"the adapter in {source} does not fit {BASE}")
     stage1 = _stage1_examples(base, "aligned", seed)
-    examples, recipe = stage2_data(base, stage1, seed, **recipe)  # before the adapter
+    examples = stage2_data(base, stage1, seed, recipe)  # before the adapter
     peft_model = PeftModel.from_pretrained(base.hf, source, is_trainable=True)
     round_adapters(peft_model)  # loaded in half precision; trained in float32
     meta["stage2"] = _train_stage2(peft_model, base, examples, recipe, seed, progress)
