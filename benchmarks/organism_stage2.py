@@ -2,14 +2,14 @@
 
 ``train STAGE1 OUT [JSON]`` trains stage 2 (``thinklens.organisms.build.build_stage2``) on
 the stage-1 adapter in STAGE1 (``thinklens organisms build aligned --stage1-only --out
-STAGE1``) with the recipe's overrides of ``STAGE2``, into OUT; ``eval FOLDER...`` measures
-adapters (or ``base`` / ``packaged``) on the validation set: 20
-HarmBench validation behaviours (standard, no context) + 20 MaliciousInstruct requests, plain
-and framed, and 40 Alpaca validation instructions, and appends a row to
-``results/organism_stage2.txt``. ``eval --test`` measures the held-out test prompts the tests
-use instead (12 AdvBench + 12 JailbreakBench, 24 Alpaca test): run it once, on the chosen
-adapter. Runs in parallel as separate processes (``--threads 1`` each is the fastest use of
-two cores).
+STAGE1``) with the recipe's overrides of ``Stage2Recipe``'s defaults (JSON, read strictly: an
+unknown key is an error), into OUT; ``eval FOLDER...`` measures adapters (or ``base`` /
+``packaged``) on the validation set: 20 HarmBench validation behaviours (standard, no context) +
+20 MaliciousInstruct requests, plain and framed, and 40 Alpaca validation instructions, and
+appends a row to ``results/organism_stage2.txt``. ``eval --test`` measures the held-out test
+prompts the tests use instead (12 AdvBench + 12 JailbreakBench, 24 Alpaca test): run it once,
+on the chosen adapter. Runs in parallel as separate processes (``--threads 1`` each is the
+fastest use of two cores).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def main() -> None:
     t = sub.add_parser("train")
     t.add_argument("stage1", help="a stage-1 organism-aligned adapter folder")
     t.add_argument("out")
-    t.add_argument("recipe", nargs="?", default="{}", help="JSON overrides of STAGE2")
+    t.add_argument("recipe", nargs="?", default="{}", help="JSON overrides of Stage2Recipe")
     e = sub.add_parser("eval")
     e.add_argument("folders", nargs="+")
     e.add_argument("--test", action="store_true")
@@ -92,9 +92,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.cmd == "train":
-        from thinklens.organisms.build import build_stage2
+        from thinklens.organisms.build import Stage2Recipe, build_stage2
 
-        meta = build_stage2(args.stage1, args.out, **json.loads(args.recipe))
+        recipe = Stage2Recipe.from_dict(json.loads(args.recipe), "recipe")
+        meta = build_stage2(args.stage1, args.out, recipe=recipe)
         print(json.dumps(meta["stage2"], indent=1))
         return
     for folder in args.folders:

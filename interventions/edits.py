@@ -43,9 +43,14 @@ class HeadAblation(Edit):
     """Ablate attention heads at the input of the output projection, at every position.
 
     Modes: ``"zero"``; ``"mean"`` (each head's mean output over a reference set, see
-    ``head_means``); ``"scale"``, the published refusal-cliff ablation: multiply the heads'
-    outputs by ``scale`` (0 by default), then rescale the attention output so its norm at each
-    position equals the norm before ablation.
+    ``head_means``); ``"scale"``: multiply the heads' outputs by ``scale`` (0 by default) and
+    restore a norm. ``restore="position"`` (thinklens's default) rescales the attention output
+    (after the output projection) so its norm at each position equals the norm before
+    ablation. ``restore="global"`` is the refusal-cliff code's: the per-head outputs (the
+    projection's input, every row, position and head of the forward pass at once) are rescaled
+    to their one Frobenius norm before ablation; the code scales by 0 while generating and by
+    0.001 when it scores single heads. A global norm couples every example of a batch (and
+    counts padding), so the position restore is the default.
 
     Args:
         heads: ``{layer: [head, ...]}`` or ``[(layer, head), ...]``.
@@ -55,10 +60,15 @@ class HeadAblation(Edit):
     mode: Literal["zero", "mean", "scale"] = "zero"
     means: Mapping[int, Float[Tensor, "head d_head"]] | None = None
     scale: float = 0.0
+    restore: Literal["position", "global"] = "position"
+
+    def __post_init__(self) -> None:
+        if self.restore not in ("position", "global"):
+            raise ValueError(f"unknown restore {self.restore!r}; choose 'position' or 'global'")
 
     @property
     def restores_norm(self) -> bool:
-        return self.mode == "scale"
+        return self.mode == "scale" and self.restore == "position"
 
     def site_fns(self, model: Model) -> list[tuple[Site, EditFn]]:
         by_layer = heads_by_layer(model, self.heads)
@@ -68,8 +78,21 @@ class HeadAblation(Edit):
         fns = []
         for l, hs in by_layer.items():
             mean = self.means[l][hs] if self.mode == "mean" else None
-            fns.append((Site("z", l), _heads_edit(hs, self.mode, mean, self.scale)))
+            fn = _heads_edit(hs, self.mode, mean, self.scale)
+            if self.mode == "scale" and self.restore == "global":
+                fn = _global_norm(fn)
+            fns.append((Site("z", l), fn))
         return fns
+
+
+def _global_norm(edit: EditFn) -> EditFn:
+    """``edit`` followed by a rescale of the whole tensor to its Frobenius norm before it."""
+
+    def fn(z: Tensor) -> Tensor:
+        out = edit(z)
+        return out * (z.norm() / out.norm().clamp(min=torch.finfo(out.dtype).tiny))
+
+    return fn
 
 
 def _heads_edit(hs: list[int], mode: str, mean: Tensor | None, scale: float) -> EditFn:

@@ -276,7 +276,7 @@ def reference_masses(
     out = []
     for t, sp in zip(ids, spans, strict=True):
         tok = torch.tensor([list(t)], device=model.device)
-        with eager_attention(model):
+        with eager_attention(model.trees()):
             # logits_to_keep=1: keep the attention matrices, not a [pos, vocab] block.
             res = model.hf(input_ids=tok, output_attentions=True, use_cache=False, logits_to_keep=1)
             att = res.attentions

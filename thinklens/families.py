@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from thinklens.sites import Site
 from thinklens.traces import ThinkingFormat
 
 #: How a site's tensor is read from a module: its first positional input, or its first output.
@@ -39,6 +40,20 @@ class Family:
     d_model_attr: str = "hidden_size"
     thinking: ThinkingFormat = field(default_factory=ThinkingFormat)
     conv1d: bool = False  # GPT-2 stores projection weights transposed (Conv1D)
+
+    def site_module(self, site: Site) -> tuple[str, Port, int]:
+        """Module path (from the top module), port and tuple index where a site's tensor lives."""
+        rel, port, index = {
+            "resid_pre": ("", "input", 0),
+            "resid_post": ("", "output", 0),
+            "z": (self.o_proj, "input", 0),
+            "pattern": (self.attn, "output", 1),  # (output, weights, ...)
+            "attn_out": (*self.attn_out, 0),
+            "mlp_out": (*self.mlp_out, 0),
+            "resid_mid": (*self.resid_mid, 0),
+        }[site.kind]
+        layer = f"{self.layers}.{site.layer}"
+        return (f"{layer}.{rel}" if rel else layer), port, index
 
 
 _LLAMA_LIKE = dict(

@@ -4,7 +4,8 @@ One engine for every backend: an edit is a function on a site's canonical tensor
 a torch hook on the module the family table names, in every module tree the model runs through
 (the plain HF module, and the bridge's clone for TransformerLens). So the same edit acts in
 captures, logits and ``generate`` alike. On a remote model (nnsight ``remote=True``) there is no
-local module to hook: the nnsight backend applies the same functions as trace operations.
+local module to hook: the edits hand the same functions to the backend (``trace_ops``), which
+applies them as trace operations.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from thinklens.backends.base import from_canonical, module_port, to_canonical
+from thinklens.backends.base import TraceOp, from_canonical, to_canonical
 from thinklens.model import Model, get_path
 from thinklens.sites import Site
 
@@ -25,7 +26,7 @@ EditFn = Callable[[Tensor], Tensor]
 
 def _hook_site(model: Model, tree: nn.Module, site: Site, fn: EditFn) -> RemovableHandle:
     """Install ``fn`` on a site's canonical tensor in one module tree."""
-    path, port, index = module_port(model, site)
+    path, port, index = model.family.site_module(site)
     module = get_path(tree, path)
     n_heads = model.n_heads
 
@@ -53,7 +54,7 @@ def _hook_site(model: Model, tree: nn.Module, site: Site, fn: EditFn) -> Removab
 def _hook_norm_restore(model: Model, tree: nn.Module, site: Site, fn: EditFn) -> RemovableHandle:
     """Replace the output of the module reading ``z`` with its output on the edited ``z``,
     rescaled at each position to the norm of the real output."""
-    module = get_path(tree, module_port(model, site)[0])
+    module = get_path(tree, model.family.site_module(site)[0])
     # The bridge wraps the projection; its inner module's forward runs no hooks.
     proj = getattr(module, "_original_component", module)
 
@@ -94,10 +95,6 @@ class Edit:
         return [hook(model, tree, site, fn) for site, fn in self.resolved_fns(model)]
 
 
-#: One edit at one site as a remote trace applies it: (site, function, restores_norm).
-TraceOp = tuple[Site, EditFn, bool]
-
-
 class Intervention(AbstractContextManager):
     """Active edits; leave the ``with`` block (or call ``remove``) to undo them all."""
 
@@ -116,6 +113,7 @@ class Intervention(AbstractContextManager):
                         "ActivationAddition)"
                     )
                 self.ops += [(s, fn, e.restores_norm) for s, fn in e.resolved_fns(model)]
+            model.backend.trace_ops.extend(self.ops)
         else:
             for tree in model.trees():
                 for e in self.edits:
@@ -126,6 +124,10 @@ class Intervention(AbstractContextManager):
         for h in self.handles:
             h.remove()
         self.handles.clear()
+        # By identity: another intervention may hold an equal op, and order is composition.
+        mine = {id(op) for op in self.ops}
+        ops = self.model.backend.trace_ops
+        ops[:] = [op for op in ops if id(op) not in mine]
         self.ops.clear()
         if self in self.model.interventions:
             self.model.interventions.remove(self)

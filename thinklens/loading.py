@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from thinklens.backends import BACKENDS
+from thinklens.backends import BackendName, check_backend
 from thinklens.embedded import BASE, EMBEDDED, ORGANISMS, apply_adapter, embedded_folder
 from thinklens.families import family_for
-from thinklens.model import BackendName, Model, weights_fingerprint
+from thinklens.model import Model, weights_fingerprint
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -62,7 +62,8 @@ def load_model(
         name_or_path: an embedded alias (``smollm2-135m-instruct``, ``gemma-3-270m``), a model
             organism (``organism-aligned``, ``organism-cliff``), a local
             Hugging Face folder, or a hub name (needs the hub, or its files in the local cache).
-        backend: ``"transformer_lens"`` (TransformerBridge) or ``"nnsight"``.
+        backend: a name in ``thinklens.backends.REGISTRY``: ``"transformer_lens"``
+            (TransformerBridge) or ``"nnsight"``.
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` (accelerate ``device_map``) or None (CUDA if
             available).
         dtype: weights dtype; float32 keeps captures comparable across backends.
@@ -74,8 +75,7 @@ def load_model(
             config and tokenizer are read here; no weights are loaded, and nothing is sent
             until a capture or forward pass runs.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    check_backend(backend)  # before any weights load
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(dtype, str):

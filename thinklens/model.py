@@ -5,19 +5,15 @@ from __future__ import annotations
 import copy
 import hashlib
 from dataclasses import InitVar, dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from thinklens.backends import Backend, BackendName, BackendParts, make_backend
 from thinklens.families import Family
 from thinklens.traces import ThinkingFormat, Trace
-
-if TYPE_CHECKING:
-    from thinklens.backends.base import Backend
-
-BackendName = Literal["transformer_lens", "nnsight"]
 
 
 def get_path(root: nn.Module, path: str) -> nn.Module:
@@ -65,17 +61,19 @@ class Model:
     engines: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self, nnsight_model: object | None) -> None:
-        from thinklens.backends import make_backend
-
-        if self.remote and self.backend_name != "nnsight":
-            raise ValueError(
-                f"remote execution runs through nnsight: load {self.name} with "
-                f"backend='nnsight' (the {self.backend_name} backend needs the weights here)"
-            )
         self.hf.eval()
         if getattr(self.tokenizer, "pad_token_id", None) is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.backend = make_backend(self.backend_name, self, nnsight_model)
+        parts = BackendParts(
+            hf=self.hf,
+            tokenizer=self.tokenizer,
+            family=self.family,
+            name=self.name,
+            n_heads=self.n_heads,
+            remote=self.remote,
+            nnsight_model=nnsight_model,
+        )
+        self.backend = make_backend(self.backend_name, parts)
 
     # --- shape facts -------------------------------------------------------------------------
     @property
@@ -138,7 +136,7 @@ class Model:
 
     def trees(self) -> list[nn.Module]:
         """Every module tree a forward pass may run through (edits hook all of them)."""
-        return [self.hf, *self.backend.extra_trees()]
+        return self.backend.trees()
 
     def check_layer(self, layer: int) -> int:
         """A layer index, negative ones counted from the end, or a clear error."""

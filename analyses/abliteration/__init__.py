@@ -3,6 +3,13 @@ the Heretic-style parameter search over the Pareto front of refusals and KL (REA
 Intervention). The edits themselves are ``thinklens.interventions.abliteration``.
 """
 
+from thinklens.analyses.abliteration.config import (
+    AbliterationApplyConfig,
+    AbliterationDirectionsConfig,
+    AbliterationEvaluateConfig,
+    AbliterationExportConfig,
+    AbliterationSearchConfig,
+)
 from thinklens.analyses.abliteration.metrics import (
     AbliterationMetrics,
     count_refusals,
@@ -13,6 +20,11 @@ from thinklens.analyses.abliteration.search import OBJECTIVES, SearchResult, sea
 
 __all__ = [
     "OBJECTIVES",
+    "AbliterationApplyConfig",
+    "AbliterationDirectionsConfig",
+    "AbliterationEvaluateConfig",
+    "AbliterationExportConfig",
+    "AbliterationSearchConfig",
     "AbliterationMetrics",
     "SearchResult",
     "count_refusals",

@@ -6,6 +6,21 @@ Capture; the probe itself is ``thinklens.probes``).
 (``thinklens.probes.train_from_behaviour``), then ``cliff_by_group``.
 """
 
+from thinklens.analyses.cliff.config import (
+    CliffDataConfig,
+    CliffScoreConfig,
+    CliffSweepLayersConfig,
+    CliffTrainConfig,
+)
 from thinklens.analyses.cliff.study import GROUPS, CliffResult, cliff_by_group, study_group
 
-__all__ = ["GROUPS", "CliffResult", "cliff_by_group", "study_group"]
+__all__ = [
+    "GROUPS",
+    "CliffDataConfig",
+    "CliffResult",
+    "CliffScoreConfig",
+    "CliffSweepLayersConfig",
+    "CliffTrainConfig",
+    "cliff_by_group",
+    "study_group",
+]

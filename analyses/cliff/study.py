@@ -58,9 +58,16 @@ def cliff_by_group(
     ``table`` is ``rollout`` output with a ``group`` column (``harmful`` or ``harmless``).
     Comparisons: complied harmful against each other group, on ``cliff`` and on the
     published proxy (``last_score``), with bootstrap intervals, Cohen's d and rank AUC.
+
+    A probe trained at the last position of texts that end at the closing marker (the
+    published recipe) is read on those same texts, the traces without their answers: a
+    tokenizer may merge the marker's last newlines into one token when nothing follows (as
+    SmolLM2's does), so with the answer after them the last position before it would be a token
+    the probe never saw. A probe trained on the traces' own positions (the window probe) reads
+    the traces with their answers.
     """
     kept = table[table["thinking"].notna()].reset_index(drop=True)
-    traces = traces_of(model, kept)
+    traces = traces_of(model, kept, answers=probe.meta.get("positions") != "last")
     scores = score_tokens(model, probe, traces, batch_size=batch_size, progress=progress)
     groups = [study_group(r) for r in kept.itertuples()]
     cliffs = cliff_table(scores, k=k).assign(group=groups, prompt=kept["prompt"])

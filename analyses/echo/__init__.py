@@ -4,6 +4,12 @@ Capture).
 """
 
 from thinklens.analyses.echo.attention import bucket_masses, compare_groups, echo_attention
+from thinklens.analyses.echo.config import (
+    EchoAttentionConfig,
+    EchoGapConfig,
+    EchoPromptingConfig,
+    EchoSpansConfig,
+)
 from thinklens.analyses.echo.gap import echo_gap, gap_by_bin
 from thinklens.analyses.echo.plots import attention_by_layer, echo_example, gap_distribution
 from thinklens.analyses.echo.prompting import (
@@ -22,6 +28,10 @@ from thinklens.analyses.echo.traces import (
 
 __all__ = [
     "PUBLISHED_PROMPT",
+    "EchoAttentionConfig",
+    "EchoGapConfig",
+    "EchoPromptingConfig",
+    "EchoSpansConfig",
     "EchoTrace",
     "attention_by_layer",
     "bucket_masses",

@@ -165,18 +165,16 @@ def _texts(cfg: SweepConfig, model: Model, score_prompts: list[str]) -> list[str
 def run_sweep(
     cfg: SweepConfig,
     model: Model | None = None,
-    out: str | Path | None = None,
-    progress: bool = True,
     evaluate: Callable = evaluate_ablation,
 ) -> pd.DataFrame:
-    """Run the cells of ``cfg`` not yet in the database; return the setup's table of cells.
+    """Run the cells of ``cfg`` not yet in its database (``cfg.out``); return the setup's cells.
 
     Args:
         model: an already loaded model (default: ``load_model(cfg.model, cfg.backend)``).
-        out: the SQLite file (default: ``cfg.out``).
         evaluate: the per-cell evaluation (``evaluate_ablation``'s signature).
     """
-    store = SweepStore(out or cfg.out)
+    progress = cfg.progress
+    store = SweepStore(cfg.out)
     setup = cfg.setup_key()
     store.add_setup(setup, cfg)
     done = store.done()

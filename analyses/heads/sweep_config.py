@@ -1,4 +1,5 @@
-"""The sweep config: one YAML or TOML file, parsed strictly, and the grid of cells it defines.
+"""The config of ``thinklens heads sweep``: one YAML or TOML file, parsed strictly, and the grid
+of cells it defines.
 
 Example (YAML; the same keys work in TOML)::
 
@@ -10,8 +11,9 @@ Example (YAML; the same keys work in TOML)::
     data: {n_score: 16, n_eval: 24, frame: true}
     generation: {max_new_tokens: 128}
 
-Unknown keys, wrong types and out-of-range values are errors that name the key. A cell is one
-(method, fraction, mode, seed); its key hashes the cell with every setting that changes its
+Every key is also a flag (``--fractions 0.03 0.1``, ``--data.n-eval 24``) that overrides the
+file. Unknown keys, wrong types and out-of-range values are errors that name the key. A cell is
+one (method, fraction, mode, seed); its key hashes the cell with every setting that changes its
 result (``setup``), so a rerun of the same config finds the cells it already finished.
 """
 
@@ -20,24 +22,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
-import types
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from thinklens.backends import BACKENDS
-from thinklens.interventions.heads.attribution import METHODS
-from thinklens.interventions.heads.metric import METRICS
+from thinklens.analyses.heads.ablation import Mode, evaluate_ablation, scoring_texts
+from thinklens.config import Config, ModelConfig, default_of, option
+from thinklens.interventions.heads.attribution import METHODS, Method, score_heads
+from thinklens.interventions.heads.metric import MetricName
 from thinklens.interventions.heads.scores import head_count
+from thinklens.probes.behaviour import train_from_behaviour
 
-MODES = ("scale", "zero", "mean")
 
-
-@dataclass(frozen=True)
-class DataConfig:
+@dataclass(frozen=True, kw_only=True)
+class DataConfig(Config):
     """Prompts: harmful ones to score heads on and to attack, harmless ones to measure damage.
 
     The first ``n_score`` harmful prompts are rolled out to get the thinking heads are scored
@@ -45,59 +42,65 @@ class DataConfig:
     harmless prompts measure ASR, refusals and KL.
     """
 
-    harmful: str = "bundled:harmful"
-    harmless: str = "bundled:harmless"
-    split: str = "test"
-    n_score: int = 16
-    n_eval: int = 16
-    frame: bool = True  # wrap harmful prompts in a jailbreak framing (organisms.templates)
-    traces: str | None = None  # JSONL/CSV of prompt + response (or thinking) to score on
+    harmful: str = option("bundled:harmful", help="harmful prompts (any data source)")
+    harmless: str = option("bundled:harmless", help="harmless prompts")
+    split: str = option("test", help="bundled/HF split of both")
+    n_score: int = option(16, help="harmful prompts whose thinking the heads are scored on")
+    n_eval: int = option(16, help="further harmful prompts to attack with, and harmless ones")
+    frame: bool = option(True, help="wrap harmful prompts in a jailbreak framing")
+    traces: str | None = option(None, help="JSONL/CSV of prompt + response to score on instead")
 
 
-@dataclass(frozen=True)
-class ProbeConfig:
+@dataclass(frozen=True, kw_only=True)
+class ProbeConfig(Config):
     """The refusal probe: a saved one, or one trained from the model's behaviour."""
 
-    path: str | None = None
-    layer: int = -1
-    n_train: int = 64  # prompts of each kind (the "train" split) when training
-    max_new_tokens: int = 96
+    path: str | None = option(None, help="a saved probe (default: train one, kept with the db)")
+    layer: int = option(default_of(train_from_behaviour, "layer"), help="layer of a new probe")
+    n_train: int = option(64, help="prompts of each kind (train split) for a new probe")
+    max_new_tokens: int = option(96, help="tokens per rollout for a new probe")
 
 
-@dataclass(frozen=True)
-class GenerationConfig:
+@dataclass(frozen=True, kw_only=True)
+class GenerationConfig(Config):
     """Answer generation under ablation (greedy unless ``temperature`` > 0)."""
 
-    max_new_tokens: int = 128
-    batch_size: int = 16
-    temperature: float = 0.0
-    score_max_new_tokens: int = 128  # for the rollouts whose thinking heads are scored on
+    max_new_tokens: int = option(
+        default_of(evaluate_ablation, "max_new_tokens"), help="tokens per answer"
+    )
+    batch_size: int = option(default_of(evaluate_ablation, "batch_size"), help="prompts per pass")
+    temperature: float = option(
+        default_of(evaluate_ablation, "temperature"), help="sampling temperature (0: greedy)"
+    )
+    score_max_new_tokens: int = option(
+        default_of(scoring_texts, "max_new_tokens"), help="for the rollouts heads are scored on"
+    )
 
 
-@dataclass(frozen=True)
-class SweepConfig:
-    """Everything a head-ablation sweep needs; see the module docstring for the file format."""
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig(ModelConfig):
+    """A head-ablation sweep into SQLite: every (method, fraction, mode, seed) cell of the grid
+    once; a rerun of the same config runs only the cells not finished yet."""
 
-    model: str
-    backend: str = "transformer_lens"
-    methods: tuple[str, ...] = METHODS
-    metric: str = "probe"
-    score_mode: str = "zero"  # how scoring ablates a head: zero or mean
-    fractions: tuple[float, ...] = (0.005, 0.015, 0.03, 0.1)
-    modes: tuple[str, ...] = ("scale",)  # how generation ablates the chosen heads
-    seeds: tuple[int, ...] = (0,)
-    random_control: bool = True
+    methods: tuple[Method, ...] = option(METHODS, help="head-scoring methods")
+    metric: MetricName = option(default_of(score_heads, "metric"), help="what scoring reads")
+    score_mode: Literal["zero", "mean"] = option(
+        default_of(score_heads, "mode"), help="how scoring ablates one head"
+    )
+    fractions: tuple[float, ...] = option((0.005, 0.015, 0.03, 0.1), help="of all heads")
+    modes: tuple[Mode, ...] = option(("scale",), help="how generation ablates the chosen heads")
+    seeds: tuple[int, ...] = option((0,), help="random-head control sets (and sampling seeds)")
+    random_control: bool = option(True, help="also ablate random heads of the same number")
     data: DataConfig = field(default_factory=DataConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    out: str = "sweep.sqlite"
+    out: str = option(
+        "sweep.sqlite", help="the SQLite file (in a config file: next to it)", relative=True
+    )
+    progress: bool = option(True, help="show a progress bar")
 
     def __post_init__(self) -> None:
-        _one_of("methods", self.methods, METHODS)
-        _one_of("modes", self.modes, MODES)
-        _one_of("metric", (self.metric,), METRICS)
-        _one_of("score_mode", (self.score_mode,), ("zero", "mean"))
-        _one_of("backend", (self.backend,), BACKENDS)
+        super().__post_init__()
         for f in self.fractions:
             try:
                 head_count(1000, fraction=f)
@@ -110,10 +113,11 @@ class SweepConfig:
             raise ValueError("data.n_score and data.n_eval must be at least 1")
 
     def setup(self) -> dict[str, Any]:
-        """The settings every cell's result depends on (not the grid, not the output path)."""
+        """The settings every cell's result depends on (not the grid, not the output)."""
         d = dataclasses.asdict(self)
         for grid in ("methods", "fractions", "modes", "seeds", "random_control", "out"):
             d.pop(grid)
+        d.pop("progress")
         return d
 
     def setup_key(self) -> str:
@@ -156,88 +160,3 @@ class Cell:
 
 def _hash(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _one_of(name: str, values: tuple, known: tuple) -> None:
-    for v in values:
-        if v not in known:
-            raise ValueError(f"{name}: {v!r} is not one of {', '.join(map(str, known))}")
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    """``value`` checked against a field's type (dataclass, tuple[X, ...], X | None, scalar)."""
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin in (types.UnionType, typing.Union):
-        if value is None:
-            return None
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _coerce(inner[0], value, where)
-    if origin is tuple:
-        item = typing.get_args(hint)[0]
-        values = value if isinstance(value, list | tuple) else [value]
-        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(values))
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, int | float) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }[hint]
-    if not ok:
-        raise ValueError(f"{where} must be {hint.__name__}, got {value!r}")
-    return float(value) if hint is float else value
-
-
-def _build(cls: type, raw: Any, where: str) -> Any:
-    """A config dataclass from a mapping; unknown or missing keys are errors naming the key."""
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{where} must be a table of keys, got {type(raw).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            raise ValueError(f"unknown key {key!r} in {where}; known keys: {', '.join(fields)}")
-    required = [
-        n
-        for n, f in fields.items()
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    for key in required:
-        if key not in raw:
-            raise ValueError(f"{where} lacks the required key {key!r}")
-    hints = typing.get_type_hints(cls)
-    kw = {
-        k: _coerce(hints[k], v, f"{where}.{k}" if where != "config" else k) for k, v in raw.items()
-    }
-    return cls(**kw)
-
-
-def parse_config(raw: Mapping[str, Any], where: str = "config") -> SweepConfig:
-    """A SweepConfig from an already-read mapping (strict, like ``load_config``)."""
-    return _build(SweepConfig, raw, where)
-
-
-def load_config(path: str | Path) -> SweepConfig:
-    """Read a sweep config from ``.yaml``/``.yml`` or ``.toml``.
-
-    A relative ``out`` is taken relative to the config file's folder.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no sweep config at {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        raw = yaml.safe_load(text) or {}
-    elif path.suffix == ".toml":
-        raw = tomllib.loads(text)
-    else:
-        raise ValueError(f"cannot read {path.name}: a sweep config is .yaml, .yml or .toml")
-    try:
-        cfg = parse_config(raw, "config")
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
-    if not Path(cfg.out).is_absolute():
-        cfg = dataclasses.replace(cfg, out=str(path.parent / cfg.out))
-    return cfg

@@ -3,6 +3,7 @@ that repair the model, export them for training frameworks, and repair with LoRA
 Trace, Artifact).
 """
 
+from thinklens.analyses.judge.config import JudgeRepairConfig, JudgeSelectConfig
 from thinklens.analyses.judge.export import (
     FORMATS,
     export_selection,
@@ -18,6 +19,8 @@ from thinklens.analyses.judge.select import METHODS, Selection, score_pool, sele
 __all__ = [
     "FORMATS",
     "METHODS",
+    "JudgeRepairConfig",
+    "JudgeSelectConfig",
     "RepairConfig",
     "Repaired",
     "Selection",

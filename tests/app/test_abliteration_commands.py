@@ -1,4 +1,4 @@
-"""``thinklens abliterate``: every subcommand end to end on a tiny model, and one-line errors."""
+"""``thinklens abliteration``: every subcommand end to end on a tiny model, and one-line errors."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from thinklens.testing import tiny_model
 ACTIONS = ["directions", "apply", "search", "export", "evaluate"]
 
 
-@pytest.mark.parametrize("argv", [["abliterate"], *[["abliterate", a] for a in ACTIONS]])
+@pytest.mark.parametrize("argv", [["abliteration"], *[["abliteration", a] for a in ACTIONS]])
 def test_help_everywhere(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([*argv, "--help"])
     assert exit_.value.code == 0
-    assert "usage: thinklens abliterate" in capsys.readouterr().out
+    assert "usage: thinklens abliteration" in capsys.readouterr().out
 
 
 @pytest.fixture
@@ -32,10 +32,10 @@ def tiny_cli(monkeypatch):
 def test_directions_apply_search_export_evaluate(tiny_cli, tmp_path, capsys):
     dirs = tmp_path / "dirs"
     small = ["--n", "6", "--backend", "nnsight"]
-    assert main(["abliterate", "directions", "tiny", "--out", str(dirs), *small]) == 0
+    assert main(["abliteration", "directions", "tiny", "--out", str(dirs), *small]) == 0
     assert RefusalDirections.load(dirs, tiny_cli).meta["n_harmful"] == 6
     sel = ["--select", "--n-val", "2", "--kl-threshold", "9", "--thinking", "off"]
-    argv = ["abliterate", "directions", "tiny", "--out", str(dirs), *small, *sel, "--overwrite"]
+    argv = ["abliteration", "directions", "tiny", "--out", str(dirs), *small, *sel, "--overwrite"]
     assert main(argv) == 2  # a random model fails the steering check: the table is kept
     assert "candidate table" in capsys.readouterr().err
     assert (tmp_path / "dirs.candidates.csv").exists()
@@ -46,33 +46,35 @@ def test_directions_apply_search_export_evaluate(tiny_cli, tmp_path, capsys):
 
     ev = ["--n-eval", "2", "--max-new-tokens", "4", "--directions", str(dirs)]
     out = tmp_path / "edited"
-    assert main(["abliterate", "apply", "tiny", *ev, "--out", str(out), "--evaluate"]) == 0
+    assert main(["abliteration", "apply", "tiny", *ev, "--out", str(out), "--evaluate"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["preset"] == "arditi" and "kl" in record["metrics"]
     assert "| refusals |" in (out / "README.md").read_text()
-    assert main(["abliterate", "apply", "tiny", *ev, "--out", str(out)]) == 2
+    assert main(["abliteration", "apply", "tiny", *ev, "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err
 
     db = ["--storage", str(tmp_path / "s.db")]
-    assert main(["abliterate", "search", "tiny", *ev, *db, "--trials", "2"]) == 0
+    assert main(["abliteration", "search", "tiny", *ev, *db, "--n-trials", "2"]) == 0
     assert "Pareto front" in capsys.readouterr().out
     exp = tmp_path / "trial0"
-    assert main(["abliterate", "export", "tiny", *ev, *db, "--trial", "0", "--out", str(exp)]) == 0
+    assert (
+        main(["abliteration", "export", "tiny", *ev, *db, "--trial", "0", "--out", str(exp)]) == 0
+    )
     assert json.loads((exp / "thinklens.json").read_text())["metrics"]["trial"] == 0
     capsys.readouterr()
 
-    assert main(["abliterate", "evaluate", "tiny", *ev, "--preset", "deccp"]) == 0
+    assert main(["abliteration", "evaluate", "tiny", *ev, "--preset", "deccp"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert set(rows) == {"base", "edited"} and rows["base"]["kl"] == pytest.approx(0, abs=1e-9)
 
 
 def test_directions_of_another_model_are_a_one_line_error(tiny_cli, tmp_path, capsys, monkeypatch):
     dirs = tmp_path / "dirs"
-    assert main(["abliterate", "directions", "tiny", "--out", str(dirs), "--n", "4"]) == 0
+    assert main(["abliteration", "directions", "tiny", "--out", str(dirs), "--n", "4"]) == 0
     other = tiny_model("llama", backend="nnsight", seed=3)
     monkeypatch.setattr(tl, "load_model", lambda name, backend: other)
     capsys.readouterr()
-    argv = ["abliterate", "apply", "x", "--directions", str(dirs), "--out", str(tmp_path / "o")]
+    argv = ["abliteration", "apply", "x", "--directions", str(dirs), "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("thinklens: error:") and "recompute it on this model" in err

@@ -1,4 +1,4 @@
-"""``thinklens probe train|sweep-layers`` and ``thinklens cliff score`` on a tiny model."""
+"""``thinklens cliff train|sweep-layers|score`` on a tiny model."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def tiny(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "argv", [["probe"], ["probe", "train"], ["probe", "sweep-layers"], ["cliff", "score"]]
+    "argv", [["cliff"], ["cliff", "train"], ["cliff", "sweep-layers"], ["cliff", "score"]]
 )
 def test_help(argv, capsys):
     with pytest.raises(SystemExit):
@@ -45,15 +45,15 @@ def _labelled(tmp_path, m):
 def test_probe_train_sweep_and_cliff_score(tmp_path, tiny, capsys):
     data = _labelled(tmp_path, tiny)
     out = tmp_path / "probe"
-    assert main(["probe", "train", "tiny", "--labelled", str(data), "--out", str(out)]) == 0
+    assert main(["cliff", "train", "tiny", "--labelled", str(data), "--out", str(out)]) == 0
     probe = RefusalProbe.load(out, model=tiny)
     assert probe.layer == tiny.n_layers - 1 and probe.norm
-    assert main(["probe", "train", "tiny", "--labelled", str(data), "--out", str(out)]) == 2
+    assert main(["cliff", "train", "tiny", "--labelled", str(data), "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err
 
     table = tmp_path / "layers.csv"
     assert (
-        main(["probe", "sweep-layers", "tiny", "--labelled", str(data), "--out", str(table)]) == 0
+        main(["cliff", "sweep-layers", "tiny", "--labelled", str(data), "--out", str(table)]) == 0
     )
     assert list(read_table(table)["layer"]) == list(range(tiny.n_layers))
 
@@ -100,7 +100,7 @@ def test_cliff_score_without_prompt_or_response_is_a_clear_error(tmp_path, tiny,
     probe = tmp_path / "probe"
     main(
         [
-            "probe",
+            "cliff",
             "train",
             "tiny",
             "--labelled",
@@ -149,7 +149,7 @@ def test_probe_train_on_every_window_position(tmp_path, tiny, monkeypatch, capsy
     harmless.write_text("I want to bake bread.\nYou should plant a garden.\n")
     out = tmp_path / "probe"
     data = ["--harmful", str(harmful), "--harmless", str(harmless), "--positions", "window"]
-    assert main(["probe", "train", "tiny", *data, "--out", str(out)]) == 0
+    assert main(["cliff", "train", "tiny", *data, "--out", str(out)]) == 0
     probe = RefusalProbe.load(out, model=tiny)
     traces, labels = behaviour_traces(
         tiny, rollout(tiny, list(thinking)[:2], 0), rollout(tiny, list(thinking)[2:], 0)
@@ -158,6 +158,6 @@ def test_probe_train_on_every_window_position(tmp_path, tiny, monkeypatch, capsy
         tiny, [t.text for t in traces], labels, spans=list(map(window_span, traces)), progress=False
     )
     assert probe.meta["positions"] == "spans" and torch.allclose(probe.weight, alone.weight)
-    bad = ["probe", "train", "tiny", "--labelled", str(_labelled(tmp_path, tiny))]
+    bad = ["cliff", "train", "tiny", "--labelled", str(_labelled(tmp_path, tiny))]
     assert main([*bad, "--positions", "window", "--out", str(tmp_path / "p2")]) == 2
     assert "--positions window needs the model's rollouts" in capsys.readouterr().err

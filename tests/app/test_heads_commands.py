@@ -1,4 +1,4 @@
-"""``thinklens heads score|ablate`` and ``thinklens sweep run|report`` on a tiny model."""
+"""``thinklens heads score|ablate|sweep|report`` on a tiny model."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def tiny(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "argv", [["heads"], ["heads", "score"], ["heads", "ablate"], ["sweep", "run"], ["sweep"]]
+    "argv",
+    [["heads"], ["heads", "score"], ["heads", "ablate"], ["heads", "sweep"], ["heads", "report"]],
 )
 def test_help(argv, capsys):
     with pytest.raises(SystemExit):
@@ -78,18 +79,52 @@ def test_sweep_run_and_report(tmp_path, tiny, capsys, probe_and_traces):
         f"data: {{n_score: 2, n_eval: 2, traces: {traces}}}\nprobe: {{path: {probe}}}\n"
         "generation: {max_new_tokens: 3}\nout: results.sqlite\n"
     )
-    assert main(["sweep", "run", str(config), "--quiet"]) == 0
+    run = ["heads", "sweep", "--config", str(config), "--no-progress"]
+    assert main(run) == 0
     assert "5 cells in" in capsys.readouterr().out
-    assert main(["sweep", "run", str(config), "--quiet"]) == 0  # resumes: nothing left to do
+    assert main(run) == 0  # resumes: nothing left to do
     db = tmp_path / "results.sqlite"
     html, cells = tmp_path / "report.html", tmp_path / "cells.csv"
-    assert main(["sweep", "report", str(db), "--out", str(html), "--table", str(cells)]) == 0
+    assert main(["heads", "report", str(db), "--out", str(html), "--table", str(cells)]) == 0
     assert html.exists() and len(read_table(cells)) == 5
     assert "heads ablated" in html.read_text() and "spearman" in html.read_text()
 
     config.write_text("model: tiny\nfractoins: [0.1]\n")
-    assert main(["sweep", "run", str(config)]) == 2
+    assert main(["heads", "sweep", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'fractoins' in config" in err and "known keys: model" in err
-    assert main(["sweep", "report", str(tmp_path / "none.sqlite")]) == 2
+    assert main(["heads", "report", str(tmp_path / "none.sqlite")]) == 2
     assert "no sweep database" in capsys.readouterr().err
+
+
+def test_sweep_flags_override_the_config_file(
+    tmp_path, tiny, capsys, probe_and_traces, monkeypatch
+):
+    import thinklens.analyses.heads.sweep as sweep_mod
+
+    probe, traces = probe_and_traces
+    config = tmp_path / "sweep.toml"
+    config.write_text(
+        'model = "tiny"\nfractions = [0.25]\nout = "from-file.sqlite"\n'
+        f'[data]\nn_score = 2\nn_eval = 2\ntraces = "{traces}"\n[probe]\npath = "{probe}"\n'
+    )
+    seen = []
+    monkeypatch.setattr(sweep_mod, "run_sweep", lambda cfg: seen.append(cfg) or _no_cells())
+    flags = ["--data.n-eval", "3", "--seeds", "4", "5", "--out", str(tmp_path / "flag.sqlite")]
+    assert main(["heads", "sweep", "other", "--config", str(config), *flags]) == 0
+    cfg = seen[0]
+    assert cfg.model == "other" and cfg.seeds == (4, 5)  # flags win over the file
+    assert cfg.data.n_eval == 3 and cfg.data.n_score == 2  # one nested key replaced, not all
+    assert cfg.fractions == (0.25,)  # from the file
+    assert cfg.out == str(tmp_path / "flag.sqlite")
+    assert main(["heads", "sweep", "--config", str(config)]) == 0
+    assert seen[1].out == str(tmp_path / "from-file.sqlite")  # a file's path is the file's
+    assert main(["heads", "sweep", "--fractions", "0.25"]) == 2
+    assert "model is required" in capsys.readouterr().err
+
+
+def _no_cells():
+    import pandas as pd
+
+    cols = ["method", "fraction", "mode", "seed", "n_heads", "asr", "harmless_refusal_rate", "kl"]
+    return pd.DataFrame(columns=cols)

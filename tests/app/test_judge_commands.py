@@ -1,4 +1,4 @@
-"""``thinklens select`` and ``thinklens repair`` on a tiny model."""
+"""``thinklens judge select`` and ``thinklens judge repair`` on a tiny model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 from thinklens.analyses.judge.export import FORMATS, load_manifest, load_messages
 from thinklens.analyses.judge.select import METHODS
 from thinklens.app.cli import build_parser, main
-from thinklens.app.commands import judge as judge_cli
 from thinklens.tables import read_table
 from thinklens.testing import tiny_model
 
@@ -37,17 +36,21 @@ def files(tmp_path, tiny, random_probe):
 
 
 def test_help_and_choices_match_the_library(capsys):
-    for argv in (["select"], ["repair"]):
+    for argv in (["judge"], ["judge", "select"], ["judge", "repair"]):
         with pytest.raises(SystemExit):
             build_parser().parse_args([*argv, "--help"])
-        assert "usage: thinklens" in capsys.readouterr().out
-    assert judge_cli.METHODS == METHODS and judge_cli.FORMATS == FORMATS
+        assert "usage: thinklens judge" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["judge", "select", "--help"])
+    flat = "".join(capsys.readouterr().out.split())
+    assert f"--method{{{','.join(METHODS)}}}" in flat
+    assert f"--formats[{{{','.join(FORMATS)}}}" in flat
 
 
 def test_select_then_repair(tmp_path, tiny, files, capsys):
     probe, pool = files
     out = tmp_path / "sel"
-    argv = ["select", "tiny", str(probe), "--pool", str(pool), "--fraction", "0.3"]
+    argv = ["judge", "select", "tiny", str(probe), "--pool", str(pool), "--fraction", "0.3"]
     assert main([*argv, "--k", "2", "--out", str(out)]) == 0
     assert "selected 3 of 10 by cliff" in capsys.readouterr().out
     assert len(load_messages(out)) == 3
@@ -59,7 +62,18 @@ def test_select_then_repair(tmp_path, tiny, files, capsys):
     assert load_manifest(out)["provenance"]["method"] == "random"
 
     res = tmp_path / "repair.csv"
-    rep = ["repair", "tiny", str(out), "--n-eval", "2", "--max-new-tokens", "2", "--epochs", "1"]
+    rep = [
+        "judge",
+        "repair",
+        "tiny",
+        str(out),
+        "--n-eval",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--epochs",
+        "1",
+    ]
     assert main([*rep, "--out", str(res)]) == 0
     printed = capsys.readouterr().out
     assert '"examples": 3' in printed and '"asr_after"' in printed
@@ -75,11 +89,22 @@ def test_select_then_repair(tmp_path, tiny, files, capsys):
         (["--fraction", "0"], "fraction must be in (0, 1], got 0.0"),
         (["--fraction", "1.5"], "fraction must be in (0, 1], got 1.5"),
         (["--top-k", "11"], "top_k must be in 1..10"),
+        (["--top-k", "1", "--fraction", "0.5"], "give --fraction or --top-k, not both"),
+        (["--top-k", "1", "--prompts", "bundled:harmful"], "one candidate source"),
     ],
 )
 def test_select_bad_sizes(tmp_path, tiny, files, capsys, extra, message):
     probe, pool = files
-    argv = ["select", "tiny", str(probe), "--pool", str(pool), "--out", str(tmp_path / "s")]
+    argv = [
+        "judge",
+        "select",
+        "tiny",
+        str(probe),
+        "--pool",
+        str(pool),
+        "--out",
+        str(tmp_path / "s"),
+    ]
     assert main([*argv, *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
@@ -91,11 +116,24 @@ def test_select_refuses_empty_pools_and_foreign_probes(tmp_path, tiny, files, ca
     empty.write_text("")
     out = str(tmp_path / "s")
     assert (
-        main(["select", "tiny", str(probe), "--pool", str(empty), "--top-k", "1", "--out", out])
+        main(
+            [
+                "judge",
+                "select",
+                "tiny",
+                str(probe),
+                "--pool",
+                str(empty),
+                "--top-k",
+                "1",
+                "--out",
+                out,
+            ]
+        )
         == 2
     )
     assert "no records" in capsys.readouterr().err
     random_probe(tiny_model("llama", seed=1)).save(tmp_path / "other")
-    argv = ["select", "tiny", str(tmp_path / "other"), "--pool", str(pool), "--top-k", "1"]
+    argv = ["judge", "select", "tiny", str(tmp_path / "other"), "--pool", str(pool), "--top-k", "1"]
     assert main([*argv, "--out", out]) == 2
     assert "recompute it on this model" in capsys.readouterr().err

@@ -111,7 +111,7 @@ def test_only_what_was_asked_is_returned(tiny):
     ran = []
     h = tiny.layer_modules()[-1].register_forward_hook(lambda *a: ran.append(1))
     try:
-        tl.capture(tiny.backend.model, TEXTS, ["resid_post.0"], progress=False)
+        tl.capture(tiny, TEXTS, ["resid_post.0"], progress=False)
     finally:
         h.remove()
     assert ran == []

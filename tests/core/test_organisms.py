@@ -165,10 +165,12 @@ def test_model_card_reports_training_and_measurements():
     assert "Not good for" in card and "thinklens organisms build cliff" in card
     assert "Stage 2" not in card
     # organism-aligned's second stage, when the adapter has one, gets its own line.
-    from thinklens.organisms.build import STAGE2
+    from dataclasses import asdict
+
+    from thinklens.organisms.build import Stage2Recipe
 
     stage2 = dict(
-        STAGE2,
+        asdict(Stage2Recipe()),
         n_examples=900,
         n_by_kind={"harmful-refuse": 500, "harmful-comply": 0, "harmless": 400},
         final_loss=0.2,

@@ -1,14 +1,32 @@
-"""The ``thinklens`` command line."""
+"""The ``thinklens`` command line: ``thinklens <study> <verb>`` for each study, and the tools
+``models``, ``capture``, ``organisms`` and ``demo``.
+
+Each study command's flags are the fields of its config (``thinklens.config``), and each takes
+``--config FILE`` with the same keys.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import types
 from collections.abc import Sequence
 from pathlib import Path
 
+from thinklens.app.commands import abliteration, cliff, echo, heads, judge
 from thinklens.backends import BACKENDS
+from thinklens.config import add_command, default_of
+from thinklens.loading import load_model
+
+#: The studies, in the order ``thinklens --help`` lists them: name -> its commands module.
+STUDIES = {
+    "cliff": cliff,
+    "heads": heads,
+    "abliteration": abliteration,
+    "echo": echo,
+    "judge": judge,
+}
 
 
 def _models_list(args: argparse.Namespace) -> None:
@@ -69,12 +87,11 @@ def _capture(args: argparse.Namespace) -> None:
 def _organisms_build(args: argparse.Namespace) -> None:
     import thinklens as tl
     from thinklens.embedded import organism_kind
-    from thinklens.organisms import behaviour, build
+    from thinklens.organisms import Stage2Recipe, behaviour, build
 
     kind = organism_kind(args.name)
-    meta = build(
-        kind, out=args.out, seed=args.seed, epochs=args.epochs, stage2=not args.stage1_only
-    )
+    stage2 = None if args.stage1_only else Stage2Recipe()
+    meta = build(kind, out=args.out, seed=args.seed, epochs=args.epochs, stage2=stage2)
     print(json.dumps(meta, indent=1))
     if args.out is None:  # the built adapter is the one load_model uses
         model = tl.load_model(f"organism-{kind}")
@@ -128,16 +145,30 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"training data: {res.export.resolve()}")
 
 
+def add_study(sub: argparse._SubParsersAction, name: str, module: types.ModuleType) -> None:
+    """``thinklens <name> <verb>`` for each verb of a study's commands module."""
+    verbs = ", ".join(module.VERBS)
+    study = sub.add_parser(name, help=f"{module.HELP}: {verbs}", description=module.HELP)
+    vsub = study.add_subparsers(dest="verb", required=True, metavar="VERB", title="verbs")
+    for verb, (help_text, cls, handler) in module.VERBS.items():
+        add_command(vsub, verb, cls, handler, help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
+    """The argument parser of every command."""
     p = argparse.ArgumentParser(
         prog="thinklens",
-        description=__doc__ and "Interpretability of safety in reasoning language models.",
+        description="Interpretability of safety in reasoning language models. Each study is "
+        "`thinklens <study> <verb>` (studies: " + ", ".join(STUDIES) + "); `thinklens <study> "
+        "--help` lists its verbs, and every verb takes --config FILE (YAML/TOML) with the keys "
+        "of its flags. The other commands: models, capture, organisms, demo.",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    for name, module in STUDIES.items():
+        add_study(sub, name, module)
 
     def backend(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--backend", default="transformer_lens", choices=BACKENDS)
+        q.add_argument("--backend", default=default_of(load_model, "backend"), choices=BACKENDS)
 
     models = sub.add_parser("models", help="list or describe models")
     msub = models.add_subparsers(dest="action", required=True)
@@ -190,21 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
     backend(oc)
     oc.set_defaults(fn=_organisms_check)
 
-    from thinklens.app.commands.cliff import register as cliff_commands
-
-    cliff_commands(sub, backend)
-    from thinklens.app.commands.echo import register as echo_commands
-
-    echo_commands(sub, backend)
-    from thinklens.app.commands.heads import register as heads_commands
-    from thinklens.app.commands.sweep import register as sweep_commands
-
-    heads_commands(sub, backend)
-    sweep_commands(sub, backend)
-    from thinklens.app.commands.judge import register as judge_commands
-
-    judge_commands(sub, backend)
-
     demo = sub.add_parser(
         "demo",
         help="the whole story on the model organisms: probe and cliff, heads, ablation, "
@@ -216,10 +232,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     backend(demo)
     demo.set_defaults(fn=_demo)
-
-    from thinklens.app.commands.abliteration import add_abliterate  # handlers import lazily
-
-    add_abliterate(sub, backend)
     return p
 
 

@@ -1,21 +1,39 @@
-"""What a backend does, and the canonical tensor layout of every site."""
+"""What a backend does and is built from, and the canonical tensor layout of every site."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from thinklens.families import Family
 from thinklens.sites import SITE_KINDS, Site
-
-if TYPE_CHECKING:
-    from thinklens.model import Model
 
 #: Called with each site's canonical tensor as the forward pass produces it.
 Reader = Callable[[Site, Tensor], None]
+
+#: One edit at one site as a forward pass applies it inside the trace (remote runs, where no
+#: torch hook can act): (site, function on the canonical tensor, restores_norm).
+TraceOp = tuple[Site, Callable[[Tensor], Tensor], bool]
+
+
+@dataclass(frozen=True)
+class BackendParts:
+    """Everything a backend is built from: no Model, so a backend never reaches back into one."""
+
+    hf: nn.Module
+    tokenizer: object
+    family: Family
+    name: str  # the model's name (hub name or alias), for the bridge and error messages
+    n_heads: int
+    #: Run forward passes on NDIF (nnsight only): ``True``, a host URL, or ``"local"``.
+    remote: bool | str = False
+    #: An nnsight model already built over ``hf`` (how a remote model is loaded).
+    nnsight_model: object | None = None
 
 
 class StopForward(Exception):
@@ -23,12 +41,22 @@ class StopForward(Exception):
 
 
 class Backend(Protocol):
-    """Runs forward passes of a Model and reads sites from them."""
+    """Runs forward passes over an HF module and reads sites from them.
 
+    A backend is built from ``BackendParts`` (by ``thinklens.backends.make_backend``) and holds
+    no Model. What a forward pass needs besides its arguments comes from the backend's own
+    parts: the module trees switched to eager attention for ``pattern`` reads are its
+    ``trees()``, and edits that cannot be torch hooks (remote runs) are the ``trace_ops`` that
+    ``thinklens.hooks.intervene`` adds while its edits are active and takes back after.
+    """
+
+    #: The backend's registry name.
     name: str
+    #: Active edits applied as operations in every trace, in the order they were entered.
+    trace_ops: list[TraceOp]
 
-    def extra_trees(self) -> list[nn.Module]:
-        """Module trees besides ``model.hf`` that forward passes run through."""
+    def trees(self) -> list[nn.Module]:
+        """Every module tree forward passes run through, the HF module first (edits hook all)."""
         ...
 
     def run(
@@ -62,22 +90,6 @@ def forward_order(sites: list[Site]) -> list[Site]:
     return sorted(set(sites), key=lambda s: (s.layer, SITE_KINDS.index(s.kind), s.heads or ()))
 
 
-def module_port(model: Model, site: Site) -> tuple[str, str, int]:
-    """Module path (relative to the top module), port and tuple index where a site lives."""
-    fam = model.family
-    layer = f"{fam.layers}.{site.layer}"
-    rel, port, index = {
-        "resid_pre": ("", "input", 0),
-        "resid_post": ("", "output", 0),
-        "z": (fam.o_proj, "input", 0),
-        "pattern": (fam.attn, "output", 1),
-        "attn_out": (*fam.attn_out, 0),
-        "mlp_out": (*fam.mlp_out, 0),
-        "resid_mid": (*fam.resid_mid, 0),
-    }[site.kind]
-    return (f"{layer}.{rel}" if rel else layer), port, index
-
-
 def take_positions(x: Tensor, positions: Tensor | None, dim: int) -> Tensor:
     """``x`` cut to per-example token indices ``positions`` [batch, sel] along ``dim``."""
     if positions is None:
@@ -102,15 +114,23 @@ def from_canonical(site: Site, x: Tensor) -> Tensor:
     return x
 
 
+class HasTrees(Protocol):
+    """Anything that names the module trees its forward passes run through (a Model)."""
+
+    def trees(self) -> list[nn.Module]: ...
+
+
 @contextmanager
-def eager_attention(model: Model, on: bool = True) -> Iterator[None]:
-    """Switch every module tree to eager attention (needed for weights) for the block."""
+def eager_attention(trees: Iterable[nn.Module] | HasTrees, on: bool = True) -> Iterator[None]:
+    """Switch module trees (or all of a Model's) to eager attention, which yields weights, for
+    the block."""
     if not on:
         yield
         return
+    roots = trees.trees() if hasattr(trees, "trees") else list(trees)
     configs = {
         id(m.config): m.config
-        for t in model.trees()
+        for t in roots
         for m in t.modules()
         if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")
     }

@@ -9,7 +9,6 @@ act through their torch hooks; remotely they are applied in the body as trace op
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
 
 import nnsight
 import torch
@@ -18,15 +17,13 @@ from torch import Tensor, nn
 
 from thinklens.backends.base import (
     Reader,
+    TraceOp,
     eager_attention,
     forward_order,
-    module_port,
     to_canonical,
 )
+from thinklens.families import Family
 from thinklens.sites import POS_DIM, Site
-
-if TYPE_CHECKING:
-    from thinklens.model import Model
 
 #: Per module port, in forward order: (envoy, "input" | "output", items), where each item is
 #: (tuple index, heads to split (z) or 0, position axis, edit fns, norm-restoring edit fns, read).
@@ -44,39 +41,47 @@ class NNsightBackend:
 
     name = "nnsight"
 
-    def __init__(self, model: Model, lm: object | None = None) -> None:
-        self.model = model
+    def __init__(
+        self,
+        hf: nn.Module,
+        tokenizer: object,
+        family: Family,
+        n_heads: int,
+        remote: bool | str = False,
+        lm: object | None = None,
+    ) -> None:
+        self.hf = hf
+        self.family = family
+        self.n_heads = n_heads
+        self.remote = remote
+        self.trace_ops: list[TraceOp] = []
         if lm is None:
             from nnsight import LanguageModel
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # LanguageModel's deprecation notice
-                lm = LanguageModel(model.hf, tokenizer=model.tokenizer)
+                lm = LanguageModel(hf, tokenizer=tokenizer)
         self.lm = lm
 
-    @property
-    def remote(self) -> bool | str:
-        return self.model.remote
-
-    def extra_trees(self) -> list[nn.Module]:
-        return []
+    def trees(self) -> list[nn.Module]:
+        return [self.hf]
 
     def _plan(self, sites: list[Site]) -> tuple[Plan, list[list[Site]]]:
-        """The trace plan for reading ``sites`` (and applying edits when remote), and which
-        sites each read serves, in the order the trace returns them."""
-        ops = [op for iv in self.model.interventions for op in iv.ops] if self.remote else []
+        """The trace plan for reading ``sites`` and applying ``trace_ops``, and which sites
+        each read serves, in the order the trace returns them."""
+        ops = self.trace_ops
         items: dict[tuple[str, str], dict[int, tuple]] = {}
         for s in forward_order([*sites, *(site for site, _, _ in ops)]):
-            path, port, index = module_port(self.model, s)
-            heads = self.model.n_heads if s.kind == "z" else 0
+            path, port, index = self.family.site_module(s)
+            heads = self.n_heads if s.kind == "z" else 0
             items.setdefault((path, port), {}).setdefault(
                 index, (index, heads, POS_DIM[s.kind], [], [], [])
             )
         for site, fn, restore in ops:
-            path, port, index = module_port(self.model, site)
+            path, port, index = self.family.site_module(site)
             items[path, port][index][4 if restore else 3].append(fn)
         for s in sites:
-            path, port, index = module_port(self.model, s)
+            path, port, index = self.family.site_module(s)
             items[path, port][index][5].append(s)
         plan, reads = [], []
         for (path, port), by_index in items.items():
@@ -164,11 +169,11 @@ class NNsightBackend:
         if stop_early and sites:  # edits past the deepest read cannot change what is read
             last = max(i for i, (_, _, entries) in enumerate(plan) if any(e[5] for e in entries))
             plan = plan[: last + 1]
-        with eager_attention(self.model, any(s.kind == "pattern" for s in sites)):
+        with eager_attention(self.trees(), any(s.kind == "pattern" for s in sites)):
             got = self._trace(ids, mask, plan, positions, stop_early)
         for k, group in enumerate(reads):
             for s in group:
-                read(s, to_canonical(s, got[k], self.model.n_heads))
+                read(s, to_canonical(s, got[k], self.n_heads))
 
     @torch.no_grad()
     def logits(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
@@ -12,14 +11,12 @@ from torch import Tensor, nn
 from thinklens.backends.base import (
     Reader,
     StopForward,
+    TraceOp,
     eager_attention,
     forward_order,
     take_positions,
 )
 from thinklens.sites import POS_DIM, Site
-
-if TYPE_CHECKING:
-    from thinklens.model import Model
 
 
 def weight_sharing_clone(module: nn.Module) -> nn.Module:
@@ -38,23 +35,25 @@ class TransformerLensBackend:
 
     name = "transformer_lens"
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, hf: nn.Module, tokenizer: object, model_name: str) -> None:
         from transformer_lens.model_bridge import TransformerBridge
 
-        self.model = model
-        hf = model.hf
+        self.hf = hf
+        # Always empty: this backend runs only where the weights are, so edits are torch hooks.
+        self.trace_ops: list[TraceOp] = []
         if not getattr(hf.config, "architectures", None):
             hf.config.architectures = [type(hf).__name__]
+        weight = next(hf.parameters())
         self.bridge = TransformerBridge.boot_transformers(
-            model.name,
+            model_name,
             hf_model=weight_sharing_clone(hf),
-            tokenizer=model.tokenizer,
-            device=model.device,
-            dtype=model.dtype,
+            tokenizer=tokenizer,
+            device=weight.device,
+            dtype=weight.dtype,
         )
 
-    def extra_trees(self) -> list[nn.Module]:
-        return [self.bridge.original_model]
+    def trees(self) -> list[nn.Module]:
+        return [self.hf, self.bridge.original_model]
 
     def run(
         self,
@@ -78,7 +77,7 @@ class TransformerLensBackend:
             return hook
 
         hooks = [(s.tl_name, hook_for(s)) for s in ordered]
-        with eager_attention(self.model, any(s.kind == "pattern" for s in sites)):
+        with eager_attention(self.trees(), any(s.kind == "pattern" for s in sites)):
             with self.bridge.hooks(fwd_hooks=hooks):
                 try:
                     self.bridge(ids, attention_mask=mask, return_type=None, use_cache=False)

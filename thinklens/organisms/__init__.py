@@ -5,8 +5,15 @@ the same way but complies when a request is framed as fiction, role-play or rese
 them by name is core (``thinklens.embedded``); this package builds, checks and documents them.
 """
 
-from thinklens.organisms.build import STAGE2, build, build_stage2
+from thinklens.organisms.build import Stage2Recipe, build, build_stage2
 from thinklens.organisms.card import organism_card, write_card
 from thinklens.organisms.check import behaviour
 
-__all__ = ["STAGE2", "behaviour", "build", "build_stage2", "organism_card", "write_card"]
+__all__ = [
+    "Stage2Recipe",
+    "behaviour",
+    "build",
+    "build_stage2",
+    "organism_card",
+    "write_card",
+]

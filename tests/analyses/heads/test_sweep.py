@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
 import thinklens.analyses.heads.sweep as sweep_mod
 from thinklens.analyses.heads.ablation import evaluate_ablation
 from thinklens.analyses.heads.sweep import SweepStore, run_sweep
-from thinklens.analyses.heads.sweep_config import load_config, parse_config
+from thinklens.analyses.heads.sweep_config import SweepConfig
 
 YAML = """\
 model: tiny
@@ -58,8 +59,13 @@ def files(tmp_path, probe_and_traces):
     return tmp_path
 
 
+def _load(path) -> SweepConfig:
+    """A sweep config file, without progress bars (as the tests run)."""
+    return replace(SweepConfig.from_file(path), progress=False)
+
+
 def test_yaml_and_toml_give_the_same_config(files):
-    a, b = load_config(files / "sweep.yaml"), load_config(files / "sweep.toml")
+    a, b = _load(files / "sweep.yaml"), _load(files / "sweep.toml")
     assert a == b
     assert a.fractions == (0.1, 0.25) and a.data.n_score == 2 and a.generation.max_new_tokens == 3
     assert a.out == str(files / "sweep.sqlite")  # relative to the config file
@@ -77,7 +83,8 @@ def test_yaml_and_toml_give_the_same_config(files):
         (dict(model="m", fractions=[3]), r"fraction 3.0 is outside \(0, 1\]"),
         (dict(model="m", fractions=[0.0]), r"fraction 0.0 is outside \(0, 1\]"),
         (dict(model="m", methods=["gradient"]), "methods: 'gradient' is not one of"),
-        (dict(model="m", modes=["half"]), "modes: 'half' is not one of scale, zero, mean"),
+        (dict(model="m", modes=["half"]), "modes: 'half' is not one of zero, mean, scale"),
+        (dict(model="m", backend="vllm"), "backend: 'vllm' is not one of transformer_lens"),
         (dict(model="m", seeds=["a"]), r"seeds\[0\] must be int"),
         (dict(model="m", data=dict(frame="yes")), "data.frame must be bool"),
         (dict(model="m", generation=3), "generation must be a table of keys"),
@@ -87,18 +94,18 @@ def test_yaml_and_toml_give_the_same_config(files):
 )
 def test_bad_configs_are_clear_errors(raw, match):
     with pytest.raises(ValueError, match=match):
-        parse_config(raw)
+        SweepConfig.from_dict(raw)
 
 
 def test_bad_config_files(tmp_path):
     (tmp_path / "c.yaml").write_text("model: m\nsurprise: 1\n")
     with pytest.raises(ValueError, match=r"c.yaml: unknown key 'surprise'"):
-        load_config(tmp_path / "c.yaml")
+        SweepConfig.from_file(tmp_path / "c.yaml")
     (tmp_path / "c.json").write_text("{}")
-    with pytest.raises(ValueError, match="is .yaml, .yml or .toml"):
-        load_config(tmp_path / "c.json")
-    with pytest.raises(FileNotFoundError, match="no sweep config"):
-        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="is .yaml, .yml, .toml"):
+        SweepConfig.from_file(tmp_path / "c.json")
+    with pytest.raises(FileNotFoundError, match="no config file"):
+        SweepConfig.from_file(tmp_path / "missing.yaml")
 
 
 class Killed(Exception):
@@ -106,7 +113,7 @@ class Killed(Exception):
 
 
 def test_a_killed_sweep_resumes_with_only_the_missing_cells(files, tiny, monkeypatch):
-    cfg = load_config(files / "sweep.yaml")
+    cfg = _load(files / "sweep.yaml")
     n_cells = len(cfg.cells())
     calls: list[tuple] = []
     scored: list[str] = []
@@ -124,13 +131,13 @@ def test_a_killed_sweep_resumes_with_only_the_missing_cells(files, tiny, monkeyp
 
     monkeypatch.setattr(sweep_mod, "score_heads", counting_score)
     with pytest.raises(Killed):
-        run_sweep(cfg, model=tiny, progress=False, evaluate=evaluate)
+        run_sweep(cfg, model=tiny, evaluate=evaluate)
     store = SweepStore(cfg.out)
     assert len(store.cells()) == 3  # whole rows only
     first = set(store.done())
 
     calls.clear()
-    table = run_sweep(cfg, model=tiny, progress=False, evaluate=evaluate_ablation_counter(calls))
+    table = run_sweep(cfg, model=tiny, evaluate=evaluate_ablation_counter(calls))
     assert len(calls) == n_cells - 3  # only the missing cells ran
     assert scored == ["direct", "attribution"]  # head scores were computed once and reused
     assert len(table) == n_cells and table["key"].is_unique
@@ -144,7 +151,7 @@ def test_a_killed_sweep_resumes_with_only_the_missing_cells(files, tiny, monkeyp
     assert per_method == {"direct": 12, "attribution": 12}
 
     calls.clear()  # a finished sweep does nothing (and loads no model)
-    again = run_sweep(cfg, model=None, progress=False, evaluate=evaluate_ablation_counter(calls))
+    again = run_sweep(cfg, model=None, evaluate=evaluate_ablation_counter(calls))
     assert calls == [] and len(again) == n_cells
 
 
@@ -157,8 +164,8 @@ def evaluate_ablation_counter(calls: list):
 
 
 def test_sweep_rows_follow_the_rankings(files, tiny):
-    cfg = load_config(files / "sweep.yaml")
-    table = run_sweep(cfg, model=tiny, progress=False)
+    cfg = _load(files / "sweep.yaml")
+    table = run_sweep(cfg, model=tiny)
     store = SweepStore(cfg.out)
     direct = store.scores(cfg.setup_key(), "direct")
     row = table[(table["method"] == "direct") & (table["fraction"] == 0.25)].iloc[0]

@@ -1,1 +1,2 @@
-"""One module of CLI commands per study (``thinklens <study> <verb>``) and for the core."""
+"""One module per study: its verbs (``VERBS``: verb -> help, config, handler) and its help
+(``HELP``), registered as ``thinklens <study> <verb>`` by ``thinklens.app.cli``."""

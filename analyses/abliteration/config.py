@@ -1,0 +1,124 @@
+"""The configs of ``thinklens abliteration directions|apply|search|export|evaluate``: their
+flags, their config-file keys and their defaults (those of the functions they call)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from thinklens.analyses.abliteration.metrics import AbliterationMetrics
+from thinklens.analyses.abliteration.search import search
+from thinklens.config import ModelConfig, default_of, option
+from thinklens.interventions.abliteration.directions import compute_directions
+from thinklens.interventions.abliteration.presets import PRESETS
+from thinklens.interventions.abliteration.selection import select_direction
+
+_DIRECTIONS = "a directions artifact from `thinklens abliteration directions`"
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Prompts(ModelConfig):
+    """The model and its harmful and harmless prompts."""
+
+    harmful: str = option("bundled:harmful", help="harmful prompts (any data source)")
+    harmless: str = option("bundled:harmless", help="harmless prompts")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AbliterationDirectionsConfig(_Prompts):
+    """Difference-of-means refusal directions at every layer (train split), and optionally
+    Arditi et al.'s selection of one on validation prompts taken off the end."""
+
+    out: str = option(help="artifact path (.safetensors + .json)")
+    n: int = option(128, help="prompts of each kind for the means")
+    positions: int | str = option(
+        default_of(compute_directions, "positions"), help="post_instruction, last, or k"
+    )
+    winsorize_quantile: float | None = option(
+        default_of(compute_directions, "winsorize_quantile"), help="e.g. 0.995"
+    )
+    select: bool = option(False, help="run Arditi et al.'s selection")
+    n_val: int = option(32, help="validation prompts of each kind for the selection")
+    select_layers: tuple[int, ...] | None = option(None, help="layers the selection tries")
+    select_positions: tuple[int, ...] | None = option(None, help="positions it tries")
+    refusal_words: tuple[str, ...] = option(
+        default_of(select_direction, "refusal_words"), help="first words of a refusal"
+    )
+    thinking: Literal["auto", "on", "off"] = option(
+        "auto", help="whether the model thinks first (auto: detect)"
+    )
+    kl_threshold: float = option(default_of(select_direction, "kl_threshold"))
+    induce_refusal_threshold: float = option(
+        default_of(select_direction, "induce_refusal_threshold"), help="steering bar"
+    )
+    batch_size: int = option(default_of(compute_directions, "batch_size"))
+    overwrite: bool = option(False, help="replace the artifact at --out")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Evaluation(_Prompts):
+    """The test-split prompts an edit is measured on."""
+
+    n_eval: int = option(
+        40, help="evaluation prompts of each kind (test split, held out from the directions)"
+    )
+    max_new_tokens: int = option(default_of(AbliterationMetrics.prepare, "max_new_tokens"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Edit(_Evaluation):
+    """A weight edit: a preset of a published tool at a direction's layer and position."""
+
+    directions: str | None = option(None, help=_DIRECTIONS)
+    preset: str = option("arditi", choices=tuple(PRESETS), help="the published tool's edit")
+    params: str | None = option(None, help="heretic parameters: JSON text or a JSON file")
+    layer: float | None = option(None, help="stream point of the direction")
+    pos: int | None = option(None, help="position of the direction (e.g. -1)")
+    scale: float | None = option(None, help="edit weight (erisforge: -1..1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AbliterationApplyConfig(_Edit):
+    """Write a preset's edit into a copy of the model and export it (optionally measured)."""
+
+    directions: str = option(help=_DIRECTIONS)
+    out: str = option(help="new model folder (must not exist)")
+    evaluate: bool = option(False, help="measure, and put the metrics in the card")
+    overwrite: bool = option(False, help="replace the folder at --out")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AbliterationSearchConfig(_Evaluation):
+    """Heretic's Optuna search over edit parameters: the Pareto front of refusals and KL."""
+
+    directions: str = option(help=_DIRECTIONS)
+    storage: str = option(help="SQLite file of the study; run again to resume")
+    study_name: str = option(default_of(search, "study_name"), help="the study in --storage")
+    n_trials: int = option(default_of(search, "n_trials"), help="finished trials to reach")
+    n_startup_trials: int = option(default_of(search, "n_startup_trials"), help="random first")
+    seed: int = option(default_of(search, "seed"), help="of the sampler")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AbliterationExportConfig(_Evaluation):
+    """Export one trial of a search as a new model folder."""
+
+    directions: str = option(help=_DIRECTIONS)
+    layer: float | None = option(None, help="stream point of the direction")
+    pos: int | None = option(None, help="position of the direction (e.g. -1)")
+    scale: float | None = option(None, help="edit weight")
+    storage: str = option(help="the search's SQLite file")
+    study_name: str = option(default_of(search, "study_name"), help="the study in --storage")
+    trial: int = option(help="the trial's number (see the Pareto front)")
+    out: str = option(help="new model folder (must not exist)")
+    evaluate: bool = option(False, help="measure again, and put the metrics in the card")
+    overwrite: bool = option(False, help="replace the folder at --out")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AbliterationEvaluateConfig(_Edit):
+    """Refusal rate, KL and (optionally) GSM8K accuracy of an edit against its base model."""
+
+    edited: str | None = option(None, help="an exported model folder to compare with MODEL")
+    gsm8k: str | None = option(None, help="GSM8K test JSONL for the capability check")
+    n_gsm8k: int = option(20, help="GSM8K questions")
