@@ -16,7 +16,13 @@ from thinklens.analyses.abliteration.metrics import (
     gsm8k_accuracy,
     load_gsm8k,
 )
-from thinklens.analyses.abliteration.search import OBJECTIVES, SearchResult, search, trial_params
+from thinklens.analyses.abliteration.search import (
+    OBJECTIVES,
+    SearchResult,
+    objective_scores,
+    search,
+    trial_params,
+)
 
 __all__ = [
     "OBJECTIVES",
@@ -30,6 +36,7 @@ __all__ = [
     "count_refusals",
     "gsm8k_accuracy",
     "load_gsm8k",
+    "objective_scores",
     "search",
     "trial_params",
 ]

@@ -97,6 +97,12 @@ class AbliterationSearchConfig(_Evaluation):
     n_trials: int = option(default_of(search, "n_trials"), help="finished trials to reach")
     n_startup_trials: int = option(default_of(search, "n_startup_trials"), help="random first")
     seed: int = option(default_of(search, "seed"), help="of the sampler")
+    n_ei_candidates: int = option(
+        default_of(search, "n_ei_candidates"), help="TPE candidates per trial (Heretic: 128)"
+    )
+    kl_target: float | None = option(
+        default_of(search, "kl_target"), help="Heretic's KL shaping below this KL (it uses 0.01)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -67,6 +67,21 @@ def _table(trials: list) -> pd.DataFrame:
     return df.sort_values(["refusal_ratio", "kl"] if not df.empty else [], ignore_index=True)
 
 
+def objective_scores(
+    kl: float, refusals: int, base_refusals: int, kl_target: float | None = None
+) -> tuple[float, float]:
+    """The two minimised objectives of a trial: (KL score, refusal ratio).
+
+    The refusal ratio is ``refusals / base_refusals`` (the count itself when the base refuses
+    nothing), as in Heretic. With ``kl_target``, a KL below it scores ``ratio * kl_target``
+    instead (Heretic 1.4.0's shaping, with its ``kl_divergence_scale`` of 1).
+    """
+    ratio = refusals / base_refusals if base_refusals > 0 else float(refusals)
+    if kl_target is not None and kl < kl_target:
+        return ratio * kl_target, ratio
+    return kl, ratio
+
+
 def search(
     model: Model,
     directions: RefusalDirections,
@@ -79,6 +94,8 @@ def search(
     progress: bool = True,
     reload: Callable[[], Model] | None = None,
     kl_objective: str = "auto",
+    n_ei_candidates: int = 128,
+    kl_target: float | None = None,
 ) -> SearchResult:
     """Run (or resume) Heretic's search until the study holds ``n_trials`` finished trials.
 
@@ -90,6 +107,12 @@ def search(
             model thinks first).
         reload: for comparison only: a function that loads the model from disk, called before
             every trial (the way the first published tool worked) instead of reusing ``model``.
+        n_ei_candidates: candidates TPE draws per trial; 128 is Heretic's (Optuna's own default
+            is 24), so the same seed gives Heretic's sequence of samples.
+        kl_target: Heretic's objective shaping (it uses 0.01): below this KL the first objective
+            is ``refusal ratio * kl_target`` (``objective_scores``), so the sampler does not
+            linger on edits that do nothing. None (thinklens's default) optimises the KL itself.
+    Heretic's default seed is random; thinklens's is 0, so a search repeats.
     """
     import optuna
 
@@ -97,7 +120,10 @@ def search(
     directions.check(model)
     fingerprint = model.fingerprint()
     sampler = optuna.samplers.TPESampler(
-        multivariate=True, n_startup_trials=n_startup_trials, seed=seed
+        multivariate=True,
+        n_startup_trials=n_startup_trials,
+        n_ei_candidates=n_ei_candidates,
+        seed=seed,
     )
     study = optuna.create_study(
         directions=["minimize", "minimize"],
@@ -132,7 +158,7 @@ def search(
         trial.set_user_attr("params", json.dumps(params.to_dict()))
         for k, v in m.items():
             trial.set_user_attr(k, v)
-        return m[kl_key], m["refusals"] / max(metrics.base_refusals, 1)
+        return objective_scores(m[kl_key], m["refusals"], metrics.base_refusals, kl_target)
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     todo = max(n_trials - len(done), 0)

@@ -18,6 +18,11 @@ from thinklens.analyses.echo.prompting import (
     prompting_study,
     rejection_accuracy,
 )
+from thinklens.analyses.echo.published import (
+    published_buckets,
+    published_gap,
+    published_trim,
+)
 from thinklens.analyses.echo.spans import PUBLISHED_PROMPT, echo_spans
 from thinklens.analyses.echo.traces import (
     EchoTrace,
@@ -45,6 +50,9 @@ __all__ = [
     "gap_by_bin",
     "gap_distribution",
     "prompting_study",
+    "published_buckets",
+    "published_gap",
+    "published_trim",
     "read_echo_traces",
     "rejection_accuracy",
     "spans_table",

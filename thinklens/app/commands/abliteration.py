@@ -153,6 +153,8 @@ def _search(cfg: AbliterationSearchConfig) -> None:
         storage=cfg.storage,
         study_name=cfg.study_name,
         seed=cfg.seed,
+        n_ei_candidates=cfg.n_ei_candidates,
+        kl_target=cfg.kl_target,
     )
     print("Pareto front (export one with `thinklens abliteration export ... --trial N`):")
     print(res.pareto.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
