@@ -3,7 +3,8 @@
 Probes, both from one rollout of 64 bundled harmful and 64 bundled harmless train prompts,
 labelled by the organism's own behaviour (refused harmful = 1, benign = 0), last layer after the
 final norm:
-- published: trained at the last position of prompt + thinking + marker; cliffs with k = 8;
+- published: trained at the last position of prompt + thinking + marker; read (cliffs with
+  k = 8, last score) on those same texts, so at the token it was trained on;
 - window: trained at every thinking and marker position (``positions="window"``); k chosen on
   validation rollouts (24 HarmBench val behaviours plain and framed, 24 Alpaca val
   instructions: ``validation_prompts``), never on the test prompts.
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -40,11 +41,10 @@ from thinklens.probes import (  # noqa: E402  # noqa: E402
     plot_cliff_curves,
     plot_token_scores,
     probe_from_rollouts,
-    score_last,
     train_from_behaviour,
 )
 from thinklens.report import sections_of, write_report  # noqa: E402
-from thinklens.rollouts import rollout, traces_of  # noqa: E402
+from thinklens.rollouts import rollout  # noqa: E402
 from thinklens.stats import compare  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -142,20 +142,10 @@ def main() -> None:
     test = study_table(m, *held_out_prompts(24), seed=1)
     res_pub = cliff_by_group(m, published, test, k=K_PUBLISHED)
     res_win = cliff_by_group(m, window, test, k=k_window)
-    # The published proxy read where the published probe was trained: on the text that ends at
-    # the marker, whose final "\n\n" is one token; in the scored traces (answer after it, as
-    # the model wrote it) it is two "\n" tokens, so cliff_by_group reads another token there.
-    kept = test[test["thinking"].notna()].reset_index(drop=True)
-    texts = [t.text for t in traces_of(m, kept, answers=False)]
-    at_marker = pd.Series(score_last(m, published, texts).numpy(), name="last_score")
-    proxy = at_marker.groupby(res_pub.cliffs["group"].to_numpy()).mean()
     lines = [
         f"# refusal cliff on organism-cliff, {datetime.date.today()}",
         "",
         *section("published (last position)", published, res_pub, K_PUBLISHED),
-        "published proxy on the text ending at the marker (the token the probe was trained on):",
-        proxy.to_string(**FMT),
-        "",
         *section("window (every thinking + marker position)", window, res_win, k_window),
         "## choosing k for the window probe, on validation rollouts (not the test prompts)",
         f"{len(val_harmful)} HarmBench val behaviours plain + framed, {len(val_harmless)} Alpaca "

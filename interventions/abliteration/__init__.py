@@ -5,6 +5,9 @@ Artifact).
 ``compute_directions`` -> ``select_direction`` (Arditi et al.) -> ``directional_ablation`` at
 inference, or ``apply(model, preset, directions)`` for a new model with edited weights
 (``arditi``, ``failspy``, ``deccp``, ``erisforge``, ``heretic``), and ``export`` to save it.
+``protocol="published"`` (``deccp``, ``erisforge``, ``heretic``) reproduces a tool's released
+protocol, with directions of its reading (``compute_directions(..., reading="heretic")``);
+``detect_response_prefix`` and ``chat_text`` give Heretic's prompt texts to metrics.
 """
 
 from thinklens.interventions.abliteration.ablation import PlanHooks, directional_ablation
@@ -12,7 +15,24 @@ from thinklens.interventions.abliteration.directions import RefusalDirections, c
 from thinklens.interventions.abliteration.export import export
 from thinklens.interventions.abliteration.heretic import HereticParams, Kernel, heretic_plan
 from thinklens.interventions.abliteration.matrix import MatrixEdit
-from thinklens.interventions.abliteration.presets import PRESETS, Preset, get_preset, plan
+from thinklens.interventions.abliteration.presets import (
+    PRESETS,
+    PUBLISHED,
+    Preset,
+    get_preset,
+    layer_band,
+    plan,
+    preset_direction,
+)
+from thinklens.interventions.abliteration.protocol import (
+    HERETIC_SYSTEM,
+    READINGS,
+    Protocol,
+    Reading,
+    chat_text,
+    common_response_prefix,
+    detect_response_prefix,
+)
 from thinklens.interventions.abliteration.selection import (
     DirectionSelection,
     NoCandidate,
@@ -22,7 +42,10 @@ from thinklens.interventions.abliteration.selection import (
 from thinklens.interventions.abliteration.weights import apply, edited
 
 __all__ = [
+    "HERETIC_SYSTEM",
     "PRESETS",
+    "PUBLISHED",
+    "READINGS",
     "DirectionSelection",
     "HereticParams",
     "Kernel",
@@ -30,15 +53,22 @@ __all__ = [
     "NoCandidate",
     "PlanHooks",
     "Preset",
+    "Protocol",
+    "Reading",
     "RefusalDirections",
     "apply",
+    "chat_text",
     "choose",
+    "common_response_prefix",
     "compute_directions",
+    "detect_response_prefix",
     "directional_ablation",
     "edited",
     "export",
     "get_preset",
     "heretic_plan",
+    "layer_band",
     "plan",
+    "preset_direction",
     "select_direction",
 ]

@@ -29,8 +29,9 @@ from thinklens.model import Model, get_path
 class PlanHooks(Edit):
     """A plan run at inference: each listed module's output loses ``w (x . r) r``.
 
-    For plans that are not norm-preserving this is exactly what the weight edit does, so it
-    is the independent check of the engine, and a way to try an edit without touching weights.
+    For exact plans (not norm-preserving, rounded or low-rank) this is exactly what the weight
+    edit does, so it is the independent check of the engine, and a way to try an edit without
+    touching weights. A bias the edit leaves alone keeps its component along the direction.
     """
 
     edits: Sequence[MatrixEdit] = field(default_factory=list)
@@ -38,16 +39,29 @@ class PlanHooks(Edit):
     def install(self, model: Model, tree: nn.Module) -> list[RemovableHandle]:
         handles = []
         for e in self.edits:
-            if e.norm_preserving:
-                raise ValueError("a norm-preserving edit has no hook form: apply it to weights")
-            resolve_module(model, model.hf, e.module)  # same clear errors as the weight engine
+            if not e.exact:
+                raise ValueError(
+                    "a norm-preserving, rounded or low-rank edit has no hook form: apply it to "
+                    "weights"
+                )
+            module = resolve_module(model, model.hf, e.module)  # the engine's clear errors
             r = e.direction.to(torch.float64)
+            bias = getattr(module, "bias", None)
+            kept = None if e.bias or e.kind != "write" or not isinstance(bias, Tensor) else bias
 
-            def post(mod: nn.Module, args: tuple, out: Tensor, r: Tensor = r, w: float = e.weight):
+            def post(
+                mod: nn.Module,
+                args: tuple,
+                out: Tensor,
+                r: Tensor = r,
+                w: float = e.weight,
+                kept: Tensor | None = kept,
+            ):
                 # In float64, like the weight engine: float32 rounding of large activations
                 # would otherwise dominate the comparison with the edited weights.
                 x, rr = out.double(), r.to(out.device)
-                return (x - w * (x @ rr)[..., None] * rr).to(out.dtype)
+                part = x if kept is None else x - kept.to(x)  # only the weight's write
+                return (x - w * (part @ rr)[..., None] * rr).to(out.dtype)
 
             handles.append(get_path(tree, e.module).register_forward_hook(post))
         return handles
@@ -72,7 +86,7 @@ def directional_ablation(
         return DirectionProjection(r, layers=layers)
     if where != "writes":
         raise ValueError(f"where={where!r}: use 'writes' or 'arditi'")
-    edits = plan(model, "arditi", r)
+    edits = plan(model, "arditi", r, bias=True)  # the whole write, bias included
     if layers is not None:  # the chosen layers' writes only, not the embedding
         prefixes = tuple(f"{model.family.layers}.{model.check_layer(l)}." for l in layers)
         edits = [e for e in edits if e.module.startswith(prefixes)]

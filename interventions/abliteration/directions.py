@@ -1,9 +1,12 @@
 """Refusal directions: difference of means between harmful and harmless prompts, per layer.
 
-Activations are read at the block input of every layer and at the output of the last layer
-(``L + 1`` points of the residual stream, numbered ``0..L``: point ``i < L`` is
-``resid_pre.i``, point ``L`` is ``resid_post.{L-1}``), at the post-instruction positions: the
-template tokens after the user's text, the last of which is the last prompt token. Sums are
+Activations are read at ``L + 1`` points of the residual stream, numbered ``0..L`` like the
+entries of HF ``hidden_states``: point ``i < L`` is the block input ``resid_pre.i`` (point 0 the
+embeddings), point ``L`` the output of the last layer. By default (the thinklens reading) point
+``L`` is that output before the final norm (``resid_post.{L-1}``), read at the post-instruction
+positions (the template tokens after the user's text, the last of which is the last prompt
+token). A ``reading`` (``protocol``) can instead take point ``L`` after the final norm, as HF's
+last ``hidden_states`` entry is, and the texts and positions of a published tool. Sums are
 accumulated in float64 one batch at a time, so memory does not grow with the number of prompts.
 """
 
@@ -13,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -22,6 +25,12 @@ from tqdm.auto import tqdm
 
 from thinklens.artifacts import Artifact, data_hash
 from thinklens.capture import capture
+from thinklens.interventions.abliteration.protocol import (
+    Reading,
+    detect_response_prefix,
+    get_reading,
+    reading_texts,
+)
 from thinklens.model import Model
 
 KIND = "refusal-directions"
@@ -45,7 +54,8 @@ def stream_sites(model: Model) -> list[str]:
 
 
 def winsorize(x: Tensor, quantile: float) -> Tensor:
-    """Clamp each vector's components at the ``quantile`` of their absolute values (Heretic)."""
+    """Clamp each vector's components at the ``quantile`` of their absolute values (Heretic's
+    winsorisation)."""
     if not 0 < quantile <= 1:
         raise ValueError(f"winsorize quantile must be in (0, 1], got {quantile}")
     t = torch.quantile(x.abs(), quantile, dim=-1, keepdim=True)
@@ -61,8 +71,12 @@ def mean_activations(
     winsorize_quantile: float | None = None,
     progress: bool = True,
     desc: str = "means",
+    last_point: Literal["resid_post", "final_norm"] = "resid_post",
 ) -> Float[Tensor, "pos stream d_model"]:
-    """Mean residual activation at the last ``n_positions`` tokens of each text, every point."""
+    """Mean residual activation at the last ``n_positions`` tokens of each text, every point
+    (point ``L`` before or after the final norm, per ``last_point``)."""
+    if last_point not in ("resid_post", "final_norm"):
+        raise ValueError(f"last_point={last_point!r}: use 'resid_post' or 'final_norm'")
     if not texts:
         raise ValueError("no prompts given: directions need harmful and harmless prompts")
     sites = stream_sites(model)
@@ -79,6 +93,9 @@ def mean_activations(
             progress=False,
         )
         x = torch.stack([caps[s] for s in sites], dim=2)  # batch pos stream d_model
+        if last_point == "final_norm":
+            # Per token, before any averaging: the mean of normed vectors is not the normed mean.
+            x[:, :, -1] = model.final_norm(x[:, :, -1]).to(x.device, torch.float64)
         if winsorize_quantile is not None and winsorize_quantile < 1:
             x = winsorize(x, winsorize_quantile)
         keep = caps.mask.to(torch.float64)[..., None, None]
@@ -136,7 +153,8 @@ class RefusalDirections:
         self, point: float, pos: int = -1, normalize: bool = True, project: bool = False
     ) -> Float[Tensor, " d_model"]:
         """The direction at stream point ``point``; a fractional point interpolates linearly
-        between the two adjacent points' directions (then renormalises), as Heretic does."""
+        between the two adjacent points' directions, then renormalises (Heretic's fractional
+        ``direction_index``, pinned by tests/interventions/abliteration/test_faithful.py)."""
         if not 0 <= point <= self.n_layers:
             raise IndexError(f"stream point {point} is out of range 0..{self.n_layers}")
         dirs = self.directions(normalize=normalize, project=project)[self._pos(pos)]
@@ -153,7 +171,7 @@ class RefusalDirections:
         if not sel:
             raise ValueError(
                 "these directions have no selected layer: run select_direction (or "
-                "`thinklens abliterate directions --select`), or pass layer= explicitly"
+                "`thinklens abliteration directions --select`), or pass layer= explicitly"
             )
         return int(sel["pos"]), int(sel["layer"])
 
@@ -197,22 +215,31 @@ def compute_directions(
     model: Model,
     harmful: Sequence[str],
     harmless: Sequence[str],
-    positions: int | str = "post_instruction",
+    positions: int | str | None = None,
     winsorize_quantile: float | None = None,
     batch_size: int = 8,
     chat: bool = True,
     progress: bool = True,
+    reading: str | Reading = "thinklens",
+    response_prefix: str | None = None,
 ) -> RefusalDirections:
-    """Harmful and harmless mean activations at every layer and post-instruction position.
+    """Harmful and harmless mean activations at every stream point and the reading's positions.
 
     Args:
         harmful, harmless: user prompts (wrapped in the chat template when ``chat``).
-        positions: ``"post_instruction"`` (every template token after the user's text, as
-            Arditi et al.), ``"last"`` (the last prompt token only, as Heretic), or a count k
-            of last tokens.
+        positions: ``"post_instruction"`` (every template token after the user's text, Arditi
+            et al.'s choice), ``"last"`` (the last prompt token only), or a count k of last
+            tokens; None takes the reading's.
         winsorize_quantile: clamp each prompt's activation vector at this quantile of its
             absolute components before averaging (Heretic's option; None is off).
+        reading: ``"thinklens"``, or a published tool's (``"heretic"``, ``"erisforge"``,
+            ``"deccp"``, see ``protocol``): system prompt, response prefix, positions, and
+            whether point ``L`` is read after the final norm.
+        response_prefix: the prefix of a reading that detects one (Heretic's), given instead
+            of detected on the first 100 harmless and 100 harmful prompts.
     """
+    rd = get_reading(reading)
+    positions = rd.positions if positions is None else positions
     if positions == "post_instruction":
         k = post_instruction_tokens(model)
     elif positions == "last":
@@ -223,17 +250,38 @@ def compute_directions(
         raise ValueError(
             f"positions={positions!r}: use 'post_instruction', 'last' or a count of last tokens"
         )
-    wrap = model.chat if chat else (lambda p: p)
-    h_texts, s_texts = [wrap(p) for p in harmful], [wrap(p) for p in harmless]
-    kw = dict(n_positions=k, batch_size=batch_size, winsorize_quantile=winsorize_quantile)
+    prefix = rd.response_prefix if rd.response_prefix is not None else response_prefix
+    if prefix is None and chat:  # Heretic looks at its first 100 harmless, then harmful
+        prompts = [*harmless[:100], *harmful[:100]]
+        prefix = detect_response_prefix(
+            model, prompts, rd.system, rd.special_tokens, batch_size=batch_size
+        )
+    if chat:
+        h_texts = reading_texts(model, harmful, rd, prefix)
+        s_texts = reading_texts(model, harmless, rd, prefix)
+    else:
+        h_texts, s_texts = list(harmful), list(harmless)
+    kw = dict(
+        n_positions=k,
+        batch_size=batch_size,
+        winsorize_quantile=winsorize_quantile,
+        last_point=rd.last_point,
+    )
     mean_h = mean_activations(model, h_texts, progress=progress, desc="harmful means", **kw)
     mean_s = mean_activations(model, s_texts, progress=progress, desc="harmless means", **kw)
+    last = "resid_post.L-1" + (" after the final norm" if rd.last_point == "final_norm" else "")
     meta = Artifact.for_model(model, KIND, {}).meta | dict(
-        stream="point i < L: resid_pre.i; point L: resid_post.L-1",
+        stream=f"point i < L: resid_pre.i; point L: {last}",
         n_harmful=len(h_texts),
         n_harmless=len(s_texts),
         harmful_hash=data_hash(h_texts),
         harmless_hash=data_hash(s_texts),
         winsorize_quantile=winsorize_quantile,
+        reading=rd.name,
+        system=rd.system,
+        response_prefix=prefix,
+        last_point=rd.last_point,
+        special_tokens=rd.special_tokens,
+        chat=chat,
     )
     return RefusalDirections(mean_h, mean_s, list(range(-k, 0)), meta)

@@ -30,6 +30,8 @@ thinklens (`{preset}` preset: {description}).
 - preset: `{preset}`
 - matrices edited: {n_matrices} (layers {layers}){embedding}
 - norm-preserving rows: {norm_preserving}
+- protocol: {protocol}
+- biases edited: {biases}
 - source weights fingerprint: `{source_fingerprint}`
 
 ## Parameters
@@ -70,6 +72,16 @@ def _layer_ranges(layers: list[int]) -> str:
     return ", ".join(spans)
 
 
+def _protocol(edit: dict[str, Any]) -> str:
+    """The protocol line of the card: which conventions, and how the weights were stored."""
+    out = f"`{edit.get('protocol', 'thinklens')}`"
+    if edit.get("rounded_to"):
+        out += f"; edited matrices rounded to {', '.join(edit['rounded_to'])}"
+    if edit.get("low_rank"):
+        out += f"; changes stored as rank-{edit['low_rank'][0]} approximations"
+    return out
+
+
 def edited_model_card(model: Model, folder: Path, metrics: dict[str, Any] | None = None) -> str:
     """The README of an exported edited model."""
     edit = getattr(model.hf, "thinklens_edit", None)
@@ -89,6 +101,8 @@ def edited_model_card(model: Model, folder: Path, metrics: dict[str, Any] | None
         if edit["embedding"]
         else "",
         norm_preserving="yes" if edit["norm_preserving"] else "no",
+        protocol=_protocol(edit),
+        biases="yes" if edit.get("biases_edited") else "no",
         source_fingerprint=edit["source_fingerprint"],
         parameters=json.dumps(edit["parameters"], indent=1, default=str),
         metrics=_metrics_table(metrics),

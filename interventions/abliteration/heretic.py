@@ -5,8 +5,14 @@ The weight of layer ``i`` for one component (attention output or MLP down projec
 else 0. The direction of layer ``i`` is the one read at its output (stream point ``i + 1``);
 a float ``direction_index`` d instead takes one direction for all layers, interpolated at
 point ``d + 1``. Directions are unit and, by default, projected against the harmless mean;
-rows are edited norm-preserving. Heretic stores the norm-preserving edit as a rank-3 LoRA
-approximation; thinklens writes it into the weights exactly.
+rows are edited norm-preserving. Biases are left alone unless asked for.
+
+Two protocols. ``"thinklens"`` writes the norm-preserving edit into the weights exactly, with
+directions of any reading. ``"published"`` reproduces what Heretic v1.4.0 stores: directions
+of the ``"heretic"`` reading (its system prompt and response prefix, the last token, point
+``L`` after the final norm), and the norm-preserving change kept as its rank-3 approximation
+(seeded ``svd_lowrank``, merged like a LoRA adapter; Heretic draws a random seed per run when
+none is set, here it is ``HereticParams.seed``). Pinned by test_faithful.py.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from torch import Tensor
 
 from thinklens.interventions.abliteration.directions import RefusalDirections
 from thinklens.interventions.abliteration.matrix import MatrixEdit
+from thinklens.interventions.abliteration.protocol import READINGS, Protocol, check_reading
 from thinklens.interventions.edits import unit_direction
 from thinklens.model import Model
 
@@ -52,6 +59,10 @@ class HereticParams:
     direction_index: float | None = None  # None: each layer's own direction
     norm_preserving: bool = True
     project: bool = True
+    #: Rank of the stored approximation of a norm-preserving change (None: the protocol's,
+    #: exact for "thinklens", 3 for "published"); ``seed`` seeds its ``svd_lowrank``.
+    lora_rank: int | None = None
+    seed: int = 0
 
     @classmethod
     def default(cls, n_layers: int) -> HereticParams:
@@ -93,19 +104,31 @@ def suggest(trial: Any, n_layers: int) -> HereticParams:
 
 
 def heretic_plan(
-    model: Model, directions: RefusalDirections | Tensor, params: HereticParams
+    model: Model,
+    directions: RefusalDirections | Tensor,
+    params: HereticParams,
+    protocol: Protocol = "thinklens",
+    bias: bool = False,
 ) -> list[MatrixEdit]:
-    """The matrix edits of one Heretic setting."""
+    """The matrix edits of one Heretic setting (``bias``: also edit output biases)."""
+    if protocol not in ("thinklens", "published"):
+        raise ValueError(f"protocol={protocol!r}: use 'thinklens' or 'published'")
     fam = model.family
     per_point, fixed = None, None
     if isinstance(directions, Tensor):
         fixed = unit_direction(directions, model)  # one vector: used at every layer
-    elif params.direction_index is not None:
-        directions.check(model)
-        fixed = directions.direction(params.direction_index + 1, -1, project=params.project)
     else:
         directions.check(model)
-        per_point = directions.directions(project=params.project)[directions.positions.index(-1)]
+        if protocol == "published":
+            check_reading(directions.meta, READINGS["heretic"], "heretic")
+        if params.direction_index is not None:
+            fixed = directions.direction(params.direction_index + 1, -1, project=params.project)
+        else:
+            at = directions.positions.index(-1)
+            per_point = directions.directions(project=params.project)[at]
+    rank = params.lora_rank
+    if rank is None and protocol == "published" and params.norm_preserving:
+        rank = 3  # Heretic's LoRA rank for its full row normalisation
     edits = []
     for l in range(model.n_layers):
         for c, rel in zip(COMPONENTS, (fam.o_proj, fam.mlp_out_proj), strict=True):
@@ -114,6 +137,14 @@ def heretic_plan(
                 continue
             r = fixed if fixed is not None else per_point[l + 1]
             edits.append(
-                MatrixEdit(f"{fam.layers}.{l}.{rel}", r, w, norm_preserving=params.norm_preserving)
+                MatrixEdit(
+                    f"{fam.layers}.{l}.{rel}",
+                    r,
+                    w,
+                    norm_preserving=params.norm_preserving,
+                    bias=bias,
+                    low_rank=rank if params.norm_preserving else None,
+                    seed=params.seed,
+                )
             )
     return edits

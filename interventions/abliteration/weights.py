@@ -2,9 +2,11 @@
 
 One engine, presets as data. A plan is a list of ``MatrixEdit``: which matrix, which unit
 direction ``r``, which weight ``w``; the engine applies ``W <- W - w r r^T W`` (rows of the
-embedding: ``E <- E - w E r r^T``), in float64, optionally norm-preserving. The same plan can
-run as forward hooks instead (``ablation.PlanHooks``), which is how the weight edit is checked
-against something independent.
+embedding: ``E <- E - w E r r^T``), in float64, optionally norm-preserving; biases only when
+asked (``bias=True``). With ``protocol="published"`` it stores what the tool stores (matrices
+rounded to bfloat16, Heretic's rank-3 change; see ``matrix`` and ``presets``). An exact plan
+can run as forward hooks instead (``ablation.PlanHooks``), which is how the weight edit is
+checked against something independent.
 
 ``apply`` returns a NEW Model that shares every unedited tensor with the source and owns fresh
 copies of the edited ones (extra memory: the edited matrices only). The source is never
@@ -30,6 +32,7 @@ from thinklens.interventions.abliteration.presets import (
     Preset,
     direction_source,
     get_preset,
+    layer_band,
     plan,
 )
 from thinklens.model import Model
@@ -74,15 +77,20 @@ def apply(
 
     The new model shares every unedited tensor with ``model``. When the embedding is edited
     and the unembedding is tied to it, the copy unties them (the unembedding keeps the
-    original weights), so its logits equal inference-time ablation. ``kw`` go to ``plan``.
+    original weights), so its logits equal inference-time ablation. ``kw`` go to ``plan``
+    (``protocol="published"`` for a tool's released protocol, ``bias=True`` to edit biases).
     """
-    p = get_preset(preset)
+    p = get_preset(preset, kw.get("protocol"))
     if p.kernel and kw.get("params") is None:
         kw["params"] = HereticParams.default(model.n_layers)
     edits = plan(model, p, directions, **kw)
     if not edits:
-        raise ValueError("this preset and setting edit no matrix (every layer weight is 0)")
-    info = dict(kw)
+        raise ValueError(
+            f"this preset and setting edit no matrix of {model.name} (every layer weight is "
+            f"0, or the layer band {list(layer_band(model, p))} is empty on its "
+            f"{model.n_layers} layers)"
+        )
+    info = dict(kw) | dict(protocol=p.protocol)
     if not p.kernel and isinstance(directions, RefusalDirections):
         point, at = direction_source(model, p, directions, kw.get("layer"), kw.get("pos"))
         info |= dict(direction_point=point, direction_pos=at)
@@ -103,13 +111,15 @@ def apply(
     return new
 
 
-def record(model: Model, preset: Preset, edits: Sequence[MatrixEdit], kw: dict) -> dict:
+def record(model: Model, preset: str | Preset, edits: Sequence[MatrixEdit], kw: dict) -> dict:
     """A JSON-ready description of an edit, for model cards."""
+    preset = get_preset(preset, kw.get("protocol"))
     prefix = model.family.layers + "."
     layers = sorted(
         {int(e.module[len(prefix) :].split(".")[0]) for e in edits if e.kind == "write"}
     )
     params = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in kw.items()}
+    rounded = {str(e.round_to).removeprefix("torch.") for e in edits if e.round_to is not None}
     return dict(
         source=model.name,
         source_fingerprint=model.fingerprint(),
@@ -120,4 +130,8 @@ def record(model: Model, preset: Preset, edits: Sequence[MatrixEdit], kw: dict) 
         layers=layers,
         embedding=any(e.kind == "embed" for e in edits),
         norm_preserving=any(e.norm_preserving for e in edits),
+        protocol=preset.protocol,
+        biases_edited=any(e.bias for e in edits),
+        rounded_to=sorted(rounded),
+        low_rank=sorted({e.low_rank for e in edits if e.low_rank is not None}),
     )
