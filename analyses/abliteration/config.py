@@ -103,6 +103,10 @@ class AbliterationSearchConfig(_Evaluation):
     kl_target: float | None = option(
         default_of(search, "kl_target"), help="Heretic's KL shaping below this KL (it uses 0.01)"
     )
+    protocol: Literal["thinklens", "published"] = option(
+        default_of(search, "protocol"),
+        help="published: Heretic 1.4.0's space, edit, KL and refusal counting",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

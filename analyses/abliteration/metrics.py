@@ -1,8 +1,11 @@
 """What an abliteration costs and buys: refusal rate, KL on harmless prompts, GSM8K accuracy.
 
 - Refusal rate: greedy answers to harmful prompts, judged by refusal markers in the ANSWER
-  (after the thinking; unfinished thinking and empty answers count as refusals), as Heretic
-  counts them but thinking-aware.
+  (after the thinking; unfinished thinking and empty answers count as refusals).
+- ``protocol="published"`` measures both the way Heretic 1.4.0 does: every prompt is read with
+  its system prompt and the response prefix (for a thinking model the closed thinking block,
+  so the thinking is skipped), the whole response is judged with Heretic's markers and
+  normalisation, and the KL is that of the first token after the prefix.
 - KL(base || edited) of the first generated token on harmless prompts (Heretic's metric). For
   a model that thinks first, that token is the thinking opener and says little, so the
   thinking-aware ``kl_answer`` also reads the first ANSWER token, after the base model's own
@@ -24,14 +27,31 @@ from torch import Tensor
 
 from thinklens.evaluation import MarkerJudge, kl_divergence
 from thinklens.generation import generate
+from thinklens.interventions.abliteration.protocol import (
+    HERETIC_SYSTEM,
+    Protocol,
+    chat_text,
+    detect_response_prefix,
+)
 from thinklens.model import Model
 from thinklens.rollouts import answer_starts, model_thinks
 
 
 def count_refusals(
-    model: Model, prompts: Sequence[str], max_new_tokens: int = 100, batch_size: int = 16
+    model: Model,
+    prompts: Sequence[str],
+    max_new_tokens: int = 100,
+    batch_size: int = 16,
+    texts: Sequence[str] | None = None,
 ) -> int:
-    """How many greedy answers to ``prompts`` refuse (thinking-aware marker judge)."""
+    """How many greedy answers to ``prompts`` refuse (thinking-aware marker judge).
+
+    With ``texts`` (the prompts already laid out, Heretic's way), those are continued as they
+    are and the whole response is judged with Heretic's markers.
+    """
+    if texts is not None:
+        outs = generate(model, list(texts), max_new_tokens, batch_size=batch_size, chat=False)
+        return sum(MarkerJudge(fmt=None, markers="heretic")(list(texts), outs))
     outs = generate(model, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size)
     return sum(MarkerJudge(fmt=model.thinking)(list(prompts), outs))
 
@@ -52,6 +72,8 @@ class AbliterationMetrics:
     base_refusals: int
     max_new_tokens: int = 100
     batch_size: int = 16
+    #: The harmful prompts laid out Heretic's way (``protocol="published"``), else None.
+    harmful_texts: list[str] | None = None
 
     @classmethod
     @torch.no_grad()
@@ -63,10 +85,23 @@ class AbliterationMetrics:
         thinking: bool | None = None,
         max_new_tokens: int = 100,
         batch_size: int = 16,
+        protocol: Protocol = "thinklens",
+        response_prefix: str | None = None,
     ) -> AbliterationMetrics:
-        """Measure the base model (``thinking``: None detects whether it thinks first)."""
+        """Measure the base model (``thinking``: None detects whether it thinks first).
+
+        ``protocol="published"`` reads prompts as Heretic does (see the module); its response
+        prefix is ``response_prefix``, or detected on the base model's answers to the first
+        100 harmless and 100 harmful prompts given.
+        """
         if not harmful or not harmless:
             raise ValueError("metrics need harmful and harmless prompts")
+        if protocol == "published":
+            return cls._prepare_heretic(
+                base, harmful, harmless, max_new_tokens, batch_size, response_prefix
+            )
+        if protocol != "thinklens":
+            raise ValueError(f"unknown protocol {protocol!r}; choose 'thinklens' or 'published'")
         if thinking is None:
             thinking = model_thinks(base, harmless)
         texts = [base.chat(p) for p in harmless]
@@ -80,6 +115,38 @@ class AbliterationMetrics:
             base_refusals=count_refusals(base, harmful, max_new_tokens, batch_size),
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
+        )
+
+    @classmethod
+    def _prepare_heretic(
+        cls,
+        base: Model,
+        harmful: Sequence[str],
+        harmless: Sequence[str],
+        max_new_tokens: int,
+        batch_size: int,
+        response_prefix: str | None,
+    ) -> AbliterationMetrics:
+        if response_prefix is None:
+            sample = list(harmless[:100]) + list(harmful[:100])
+            response_prefix = detect_response_prefix(base, sample, batch_size=batch_size)
+
+        def texts(prompts: Sequence[str]) -> list[str]:
+            return [chat_text(base, p, HERETIC_SYSTEM, response_prefix, True) for p in prompts]
+
+        harmless_texts, harmful_texts = texts(harmless), texts(harmful)
+        return cls(
+            harmful=list(harmful),
+            harmless_texts=harmless_texts,
+            base_logits=base.logits(harmless_texts, batch_size),
+            answer_texts=None,
+            base_answer_logits=None,
+            base_refusals=count_refusals(
+                base, harmful, max_new_tokens, batch_size, texts=harmful_texts
+            ),
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            harmful_texts=harmful_texts,
         )
 
     @torch.no_grad()
@@ -100,7 +167,9 @@ class AbliterationMetrics:
 
     def __call__(self, model: Model) -> dict[str, float]:
         """Refusals, refusal rate, and the KL numbers of ``model``."""
-        n = count_refusals(model, self.harmful, self.max_new_tokens, self.batch_size)
+        n = count_refusals(
+            model, self.harmful, self.max_new_tokens, self.batch_size, self.harmful_texts
+        )
         return dict(refusals=n, refusal_rate=n / len(self.harmful)) | self.kl(model)
 
 

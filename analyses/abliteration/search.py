@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from thinklens.analyses.abliteration.metrics import AbliterationMetrics
 from thinklens.interventions.abliteration.directions import RefusalDirections
 from thinklens.interventions.abliteration.heretic import HereticParams, heretic_plan, suggest
+from thinklens.interventions.abliteration.protocol import Protocol
 from thinklens.interventions.abliteration.weights import edited
 from thinklens.model import Model
 
@@ -96,6 +97,7 @@ def search(
     kl_objective: str = "auto",
     n_ei_candidates: int = 128,
     kl_target: float | None = None,
+    protocol: Protocol = "thinklens",
 ) -> SearchResult:
     """Run (or resume) Heretic's search until the study holds ``n_trials`` finished trials.
 
@@ -111,9 +113,16 @@ def search(
             is 24), so the same seed gives Heretic's sequence of samples.
         kl_target: Heretic's objective shaping (it uses 0.01): below this KL the first objective
             is ``refusal ratio * kl_target`` (``objective_scores``), so the sampler does not
-            linger on edits that do nothing. None (thinklens's default) optimises the KL itself.
+            linger on edits that do nothing. None optimises the KL itself (thinklens's default;
+            ``protocol="published"`` sets 0.01).
+        protocol: ``"published"`` searches Heretic 1.4.0's space with its parameter names
+            (``suggest``) and writes its edit (``heretic_plan``: rank-3 approximation, with
+            directions read the Heretic way); measure with ``AbliterationMetrics.prepare(...,
+            protocol="published")`` for Heretic's KL and refusal counts.
     Heretic's default seed is random; thinklens's is 0, so a search repeats.
     """
+    if protocol == "published" and kl_target is None:
+        kl_target = 0.01
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -151,9 +160,9 @@ def search(
         kl_key = "kl_answer" if metrics.answer_texts is not None else "kl"
 
     def objective(trial: Any) -> tuple[float, float]:
-        params = suggest(trial, model.n_layers)
+        params = suggest(trial, model.n_layers, protocol)
         target = reload() if reload is not None else model
-        with edited(target, heretic_plan(target, directions, params)):
+        with edited(target, heretic_plan(target, directions, params, protocol)):
             m = metrics(target)
         trial.set_user_attr("params", json.dumps(params.to_dict()))
         for k, v in m.items():

@@ -76,28 +76,48 @@ class HereticParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HereticParams:
+        """From ``to_dict``'s keys, or Heretic's own (``direction_index`` and its trial's
+        ``parameters``, keyed ``attn.o_proj`` / ``mlp.down_proj``)."""
         d = dict(d)
+        for c, name in HERETIC_NAMES.items():
+            if name in d:
+                d[c] = d.pop(name)
         return cls(**{c: Kernel(**d.pop(c)) for c in COMPONENTS}, **d)
 
 
-def suggest(trial: Any, n_layers: int) -> HereticParams:
-    """Sample Heretic's published search space with an Optuna trial."""
+#: Heretic's own names of the two components, in its (sorted) order: its Optuna parameters are
+#: ``f"{name}.max_weight"`` and so on.
+HERETIC_NAMES = {"attn": "attn.o_proj", "mlp": "mlp.down_proj"}
+
+
+def suggest(trial: Any, n_layers: int, protocol: Protocol = "thinklens") -> HereticParams:
+    """Sample Heretic's search space with an Optuna trial.
+
+    ``protocol="published"`` is Heretic 1.4.0's space with its parameter names, in its order
+    (so a seeded sampler draws what Heretic's draws): ``max_weight`` in [0.8, 1.5] for both
+    components. thinklens's default is Heretic's later space: the MLP's ``max_weight`` from
+    -0.25, clamped at 0, so the search can switch the MLP edit off.
+    """
+    published = protocol == "published"
     last = n_layers - 1
     scope = trial.suggest_categorical("direction_scope", ["global", "per layer"])
     # Sampled even when unused: multivariate TPE needs a fixed set of parameters.
     index = trial.suggest_float("direction_index", 0.4 * last, 0.9 * last)
     kernels = {}
     for c in COMPONENTS:
-        # The MLP's lower bound is below 0 and clamped, so the search can switch it off.
-        max_w = max(0.0, trial.suggest_float(f"{c}.max_weight", -0.25 if c == "mlp" else 0.8, 1.5))
+        name = HERETIC_NAMES[c] if published else c
+        low = 0.8 if published or c == "attn" else -0.25
+        max_w = max(0.0, trial.suggest_float(f"{name}.max_weight", low, 1.5))
         kernels[c] = Kernel(
             max_weight=max_w,
             max_weight_position=trial.suggest_float(
-                f"{c}.max_weight_position", 0.6 * last, 1.0 * last
+                f"{name}.max_weight_position", 0.6 * last, 1.0 * last
             ),
-            min_weight=trial.suggest_float(f"{c}.min_weight", 0.0, 1.0) * max_w,
+            min_weight=trial.suggest_float(f"{name}.min_weight", 0.0, 1.0) * max_w,
             min_weight_distance=trial.suggest_float(
-                f"{c}.min_weight_distance", 1.0, max(0.6 * last, 1.0)
+                f"{name}.min_weight_distance",
+                1.0,
+                0.6 * last if published else max(0.6 * last, 1.0),
             ),
         )
     return HereticParams(direction_index=None if scope == "per layer" else index, **kernels)

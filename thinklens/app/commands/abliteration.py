@@ -124,6 +124,7 @@ def _metrics(cfg: Any, base: Any) -> Any:
         _prompts(cfg.harmful, cfg.n_eval, "test"),
         _prompts(cfg.harmless, cfg.n_eval, "test"),
         max_new_tokens=cfg.max_new_tokens,
+        protocol=getattr(cfg, "protocol", "thinklens"),
     )
 
 
@@ -155,6 +156,7 @@ def _search(cfg: AbliterationSearchConfig) -> None:
         seed=cfg.seed,
         n_ei_candidates=cfg.n_ei_candidates,
         kl_target=cfg.kl_target,
+        protocol=cfg.protocol,
     )
     print("Pareto front (export one with `thinklens abliteration export ... --trial N`):")
     print(res.pareto.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
