@@ -33,6 +33,7 @@ def generate(
     progress: bool = False,
     engine: Engine = "hf",
     engine_kwargs: dict | None = None,
+    skip_special_tokens: bool = True,
 ) -> list[str]:
     """The model's responses (new tokens only, special tokens dropped), one per prompt.
 
@@ -45,6 +46,8 @@ def generate(
             is left to vLLM's scheduler).
         engine_kwargs: extra ``vllm.LLM`` arguments, e.g. ``{"tensor_parallel_size": 2}``;
             ``"model"`` names the weights when ``model.name`` is not a hub name or folder.
+        skip_special_tokens: drop special tokens from the decoded text (the HF engine; keep
+            them to see which markers a model writes).
     Generation stops at the end-of-turn token, which ends the answer after the thinking.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -77,7 +80,8 @@ def generate(
     for i in tqdm(starts, desc="generate", unit="batch", disable=not progress):
         ids, mask = model.tokenize(texts[i : i + batch_size], padding_side="left")
         gen = model.hf.generate(input_ids=ids, attention_mask=mask, **kw)
-        out.extend(tok.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True))
+        new = gen[:, ids.shape[1] :]
+        out.extend(tok.batch_decode(new, skip_special_tokens=skip_special_tokens))
     return out
 
 

@@ -26,8 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
-
+from thinklens.generation import generate
 from thinklens.model import Model
 
 #: "thinklens" (the defaults) or "published" (the tool's own protocol, where pinned).
@@ -116,28 +115,18 @@ def reading_texts(
     return [chat_text(model, p, reading.system, prefix, reading.special_tokens) for p in prompts]
 
 
-@torch.no_grad()
 def greedy_responses(
     model: Model, texts: Sequence[str], max_new_tokens: int = 100, batch_size: int = 8
 ) -> list[str]:
     """Greedy continuations of full texts (left-padded batches), special tokens kept."""
-    tok = model.tokenizer
-    out: list[str] = []
-    for i in range(0, len(texts), batch_size):
-        ids, mask = model.tokenize(list(texts[i : i + batch_size]), padding_side="left")
-        gen = model.hf.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            # The model's own sampling defaults would only raise warnings in greedy mode.
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=tok.pad_token_id,
-        )
-        out.extend(tok.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=False))
-    return out
+    return generate(
+        model,
+        list(texts),
+        max_new_tokens,
+        batch_size=batch_size,
+        chat=False,
+        skip_special_tokens=False,
+    )
 
 
 def common_response_prefix(respond: Callable[[str], Sequence[str]]) -> str:
