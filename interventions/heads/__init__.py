@@ -8,6 +8,7 @@ exact single-head ablation or attribution patching, and returns ``HeadScores``, 
 
 from thinklens.interventions.heads.attribution import METHODS, score_heads
 from thinklens.interventions.heads.metric import METRICS, HeadMetric
+from thinklens.interventions.heads.published import published_ablation_scores
 from thinklens.interventions.heads.scores import HeadScores, head_count, random_heads
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "HeadMetric",
     "HeadScores",
     "head_count",
+    "published_ablation_scores",
     "random_heads",
     "score_heads",
 ]
