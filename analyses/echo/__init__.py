@@ -21,6 +21,7 @@ from thinklens.analyses.echo.prompting import (
 from thinklens.analyses.echo.published import (
     published_buckets,
     published_gap,
+    published_tail_channel,
     published_trim,
 )
 from thinklens.analyses.echo.spans import PUBLISHED_PROMPT, echo_spans
@@ -52,6 +53,7 @@ __all__ = [
     "prompting_study",
     "published_buckets",
     "published_gap",
+    "published_tail_channel",
     "published_trim",
     "read_echo_traces",
     "rejection_accuracy",

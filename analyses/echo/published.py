@@ -7,7 +7,10 @@ split, newlines do not), drops every sentence whose word overlap with the questi
 0.6 or that has at most 3 distinct words, and keeps only the last two survivors plus a filler
 sentence; a response that is all echo becomes one filler sentence. ``published_gap`` scores
 that text beside thinklens's span cut (``echo_gap``), on the same traces. Layer buckets keep the
-32-layer bounds and clamp them to the model (``published_buckets``).
+32-layer bounds and clamp them to the model (``published_buckets``). The published answer-tail
+-> removed-prefix channel (``published_tail_channel``) attends from the response after its first
+``r`` tokens to those ``r`` tokens, ``r`` being the tokens the echo prefix removes (by suffix
+alignment), not the echo span itself.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from thinklens.analyses.echo.gap import gap_row, response_logprobs
+from thinklens.analyses.echo.gap import common_suffix_length, gap_row, response_logprobs
+from thinklens.analyses.echo.spans import Span
 from thinklens.analyses.echo.traces import EchoTrace
+from thinklens.attention_mass import attention_masses
 from thinklens.model import Model
 
 #: The published buckets, written for 32-layer models.
@@ -98,3 +103,49 @@ def published_buckets(n_layers: int) -> dict[str, tuple[int, int] | None]:
             i, j = j, i
         out[name] = None if (i < 0 or j >= n_layers or i > j) else (i, j)
     return out
+
+
+#: What the published code strips from the start of the kept thinking after cutting the echo.
+_STRIP = " \n\t.,;:!?-"
+
+
+def removed_tokens(tokenizer: object, trace: EchoTrace, echo: Span | None) -> int:
+    """``r``: response tokens the published code counts as removed when the thinking loses its
+    prefix up to the end of ``echo`` (a character span of the thinking): the response length
+    minus the longest common token suffix with the cut response (0 without an echo)."""
+    if echo is None or echo[1] <= 0:
+        return 0
+    kept = trace.thinking[echo[1] :].lstrip(_STRIP)
+    cut = trace.response[: trace.think_start] + kept + trace.response[trace.think_end :]
+    raw = tokenizer(trace.response, add_special_tokens=False)["input_ids"]
+    new = tokenizer(cut, add_special_tokens=False)["input_ids"]
+    return len(raw) - common_suffix_length(raw, new)
+
+
+def published_tail_channel(
+    model: Model, traces: Sequence[EchoTrace], spans: Sequence[list[Span]], batch_size: int = 2
+) -> pd.DataFrame:
+    """The published answer-tail -> removed-prefix attention, one row per trace: ``r`` and the
+    head-averaged mass from response tokens ``[r, end)`` to ``[0, r)`` at the last layer and
+    averaged over layers (NaN without an echo or without a tail). The first echo span of each
+    trace (from the detector of your choice) stands for the published embedding detector's
+    boundary."""
+    tok = model.tokenizer
+    layouts = [t.tokens(tok) for t in traces]
+    rs, chans = [], []
+    for t, lay, sp in zip(traces, layouts, spans, strict=True):
+        r = removed_tokens(tok, t, sp[0] if sp else None)
+        p, n = lay.response
+        r = min(r, n - p)
+        rs.append(r)
+        chans.append([(p + r, n, p, p + r) if r > 0 else (0, 0, 0, 0)])
+    masses = attention_masses(model, [lay.ids for lay in layouts], chans, batch_size)
+    per_layer = masses[..., 0].mean(-1)  # [trace, layer], averaged over heads
+    return pd.DataFrame(
+        dict(
+            trace=range(len(traces)),
+            r=rs,
+            last_layer=per_layer[:, -1].numpy(),
+            all_layers_mean=per_layer.mean(-1).numpy(),
+        )
+    )

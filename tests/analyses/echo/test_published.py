@@ -94,3 +94,36 @@ def test_published_gap_scores_the_published_text(tiny):
                 logits = m.hf(ids).logits[0].float().log_softmax(-1)
             lp.append(float(logits[len(p) - 1 : -1].gather(-1, ids[0, len(p) :, None]).mean()))
         assert math.isclose(pub["gap"][i], lp[0] - lp[1], abs_tol=1e-5)
+
+
+def test_tail_channel_equals_eager_attention(tiny):
+    from thinklens.analyses.echo.published import published_tail_channel, removed_tokens
+
+    m = tiny
+    response = "\nNatalia sold clips to 48 of her friends. So we add. She sold 24 in May."
+    t = EchoTrace(Q, P, response)
+    echo = (0, len("\nNatalia sold clips to 48 of her friends."))
+    # r written out: the thinking loses everything up to the echo's end and the punctuation
+    # and spaces after it; r is the response length minus the common token suffix.
+    cut = "So we add. She sold 24 in May."
+    raw = m.tokenizer(response, add_special_tokens=False)["input_ids"]
+    new = m.tokenizer(cut, add_special_tokens=False)["input_ids"]
+    common = 0
+    while common < min(len(raw), len(new)) and raw[-1 - common] == new[-1 - common]:
+        common += 1
+    r = len(raw) - common
+    assert removed_tokens(m.tokenizer, t, echo) == r > 0
+    none = EchoTrace(Q, P, "So we add. She sold 24 in May.")
+    df = published_tail_channel(m, [t, none], [[echo], []])
+    assert list(df.r) == [r, 0] and math.isnan(df.last_layer[1])
+    # Brute force: eager attention of the whole text, averaged over heads; from every response
+    # token after the first r to those r tokens, summed over keys, averaged over queries.
+    lay = t.tokens(m.tokenizer)
+    p, n = lay.response
+    from thinklens.backends.base import eager_attention
+
+    with torch.no_grad(), eager_attention(m):
+        att = m.hf(torch.tensor([lay.ids]), output_attentions=True)
+    per_layer = [a[0].double().mean(0)[p + r : n, p : p + r].sum(-1).mean() for a in att.attentions]
+    assert abs(df.last_layer[0] - float(per_layer[-1])) < 1e-5
+    assert abs(df.all_layers_mean[0] - float(torch.stack(per_layer).mean())) < 1e-5
