@@ -1,4 +1,4 @@
-"""Refusal probes trained on the model's own behaviour, as published.
+"""Refusal probes trained on the model's own behaviour, with the published labels.
 
 Label 1 = harmful prompts the model refused with non-trivial thinking, label 0 = benign
 prompts; the probe reads prompt + thinking + marker at its last position (``"last"``) or at

@@ -1,5 +1,5 @@
 """Abliteration measured: refusal rate, KL divergence and capability of an edited model, and
-the Heretic-style parameter search over the Pareto front of refusals and KL (README ideas:
+the parameter search over Heretic's space, a Pareto front of refusals and KL (README ideas:
 Intervention). The edits themselves are ``thinklens.interventions.abliteration``.
 """
 

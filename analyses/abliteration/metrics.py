@@ -6,7 +6,8 @@
   its system prompt and the response prefix (for a thinking model the closed thinking block,
   so the thinking is skipped), the whole response is judged with Heretic's markers and
   normalisation, and the KL is that of the first token after the prefix.
-- KL(base || edited) of the first generated token on harmless prompts (Heretic's metric). For
+- KL(base || edited) of the first generated token on harmless prompts (the quantity Heretic
+  reads, here on thinklens's texts; ``protocol="published"`` reads it on Heretic's). For
   a model that thinks first, that token is the thinking opener and says little, so the
   thinking-aware ``kl_answer`` also reads the first ANSWER token, after the base model's own
   thinking (teacher-forced, the same text for both models).

@@ -2,7 +2,7 @@
 
 1. ``rollout``: the model answers each prompt (greedy); responses are split into thinking and
    answer and judged (refusal read in the answer only).
-2. ``behaviour_labels``: as published, label 1 = harmful prompts the model refused with
+2. ``behaviour_labels``: the published labels, 1 = harmful prompts the model refused with
    non-trivial thinking, label 0 = benign prompts; the probe reads prompt + thinking + marker
    at its last position (``positions="last"``) or at every window position (``"window"``).
 3. ``cliff_by_group``: every token of every trace scored, the cliff of each trace, curves

@@ -1,4 +1,5 @@
-"""Direction selection as published by Arditi et al., with the whole candidate table.
+"""Direction selection after Arditi et al. (refusal score, KL and steering filters), with the
+whole candidate table.
 
 Every (position, layer) candidate is scored three ways on validation prompts: the refusal
 score on harmful prompts with the direction ablated everywhere (lower is better), the KL
