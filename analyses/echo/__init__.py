@@ -15,6 +15,7 @@ from thinklens.analyses.echo.plots import attention_by_layer, echo_example, gap_
 from thinklens.analyses.echo.prompting import (
     causal_insertion,
     echoic_prompting,
+    generate_traces,
     prompting_study,
     rejection_accuracy,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "echoic_prompting",
     "gap_by_bin",
     "gap_distribution",
+    "generate_traces",
     "prompting_study",
     "published_buckets",
     "published_gap",
