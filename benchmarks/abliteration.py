@@ -173,6 +173,7 @@ def presets(args: argparse.Namespace) -> list[str]:
     from thinklens.interventions.abliteration.presets import PRESETS
     from thinklens.interventions.abliteration.selection import NoCandidate, choose, select_direction
     from thinklens.interventions.abliteration.weights import apply
+    from thinklens.xstest import xstest_prompts
 
     start = time.perf_counter()
     model = tl.load_model(args.model, backend="nnsight")
@@ -197,17 +198,20 @@ def presets(args: argparse.Namespace) -> list[str]:
         how = f"no candidate passed every filter ({err}); chosen without the steering check"
     n_eval = args.n_eval or 40
     harmful_eval, source = held_out_harmful(n_eval, args.harmful)
+    xstest = SHARED / "xstest_prompts.csv"
+    over = xstest_prompts("safe", xstest, args.n_xstest) if xstest.exists() else None
     metrics = AbliterationMetrics.prepare(
         model,
         harmful_eval,
         bundled_prompts("harmless", "test")[:n_eval],
         max_new_tokens=args.max_new_tokens,
+        over_refusal=over,
     )
     gsm = load_gsm8k(SHARED / "gsm8k_test.jsonl", n=args.n_gsm8k) if SHARED.exists() else None
     found = search(model, dirs, metrics, n_trials=args.trials, n_startup_trials=args.startup_trials)
     kl_key = "kl_answer" if metrics.answer_texts is not None else "kl"
     picks = {}  # the trial with the fewest refusals at each KL's bound of 0.1
-    for key in dict.fromkeys(["kl", kl_key]):
+    for key in [kl_key]:  # the search records the KL it minimises
         ok = found.trials[found.trials[key] <= 0.1].sort_values(["refusals", kl_key])
         if not ok.empty:
             picks[key] = int(ok.trial.iloc[0])
@@ -233,6 +237,8 @@ def presets(args: argparse.Namespace) -> list[str]:
         measure(f"heretic (search, {key} <= 0.1)", new, f"trial {trial}")
     table = pd.DataFrame(rows)
     cols = ["preset", "refusals", "refusal_rate", "kl", kl_key, "gsm8k", "setting"]
+    if over is not None:
+        cols.insert(3, "over_refusal")
     return [
         *header("every preset on one model", args),
         f"model: {args.model}; directions: {len(harm) - v} + {len(harmless) - v} bundled train "
@@ -248,6 +254,13 @@ def presets(args: argparse.Namespace) -> list[str]:
         f"kl: KL(base || edited) of the first generated token on {n_eval} bundled harmless "
         "test prompts; kl_answer: of the first answer token after the base model's own "
         "thinking (teacher-forced)",
+        (
+            f"over_refusal: refusal rate on {len(over)} XSTest safe prompts (every type in "
+            "turn), judged like the refusals"
+            if over is not None
+            else "over_refusal: not measured (no XSTest file in ../shared/data)"
+        ),
+        f"search refusal objective: {found.study.user_attrs.get('refusal_objective', 'full')}",
         f"gsm8k: accuracy on {args.n_gsm8k} GSM8K test questions (greedy, 256 tokens, last "
         "number of the answer)",
         f"heretic (search): {args.trials} trials ({args.startup_trials} random start-up) "
@@ -275,6 +288,7 @@ def main() -> None:
     p.add_argument("--select-stride", type=int, default=1, help="candidate layers' spacing")
     p.add_argument("--refusal-words", nargs="+", default=["I", "Sorry"])
     p.add_argument("--n-gsm8k", type=int, default=20)
+    p.add_argument("--n-xstest", type=int, default=50, help="XSTest safe prompts (presets)")
     p.add_argument("--max-new-tokens", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None)

@@ -105,6 +105,7 @@ def main() -> None:
     p.add_argument("--n-harmful", type=int, default=48)
     p.add_argument("--n-harmless", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--n-xstest", type=int, default=32, help="XSTest safe prompts (0: none)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", default="/tmp/thinklens-judge-repair")
     p.add_argument("--out", default="benchmarks/results/judge_repair")
@@ -120,6 +121,7 @@ def main() -> None:
     )
     from thinklens.analyses.judge.select import score_pool, select
     from thinklens.report import sections_of, write_report
+    from thinklens.xstest import xstest_prompts
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -129,6 +131,10 @@ def main() -> None:
     pool = pool_for(model, args.pool_size, 128, cache)
     scored = score_pool(model, probe, pool, k=8)
     harmful, harmless = eval_prompts(pool, args.n_harmful, args.n_harmless)
+    xstest = SHARED / "xstest_prompts.csv"
+    over = None
+    if args.n_xstest and xstest.exists():
+        over = xstest_prompts("safe", xstest, args.n_xstest)
     by_source = scored.groupby("source").agg(
         n=("id", "size"),
         refused=("refused", "mean"),
@@ -146,6 +152,7 @@ def main() -> None:
         seeds=[int(s) for s in args.seeds.split(",")],
         config=RepairConfig(epochs=args.epochs, lr=args.lr),
         max_new_tokens=args.max_new_tokens,
+        over_refusal=over,
     )
     summary = summarize(results)
     top = {
@@ -161,6 +168,9 @@ def main() -> None:
             f"# pool: {len(scored)} candidates; ASR on {len(harmful)} framed JailbreakBench "
             f"prompts, harmless refusal on {len(harmless)} Alpaca test prompts; greedy, "
             f"{args.max_new_tokens} new tokens; LoRA rank 8, {args.epochs} epochs, lr {args.lr}",
+            f"# over_refusal: refusal rate on {len(over)} XSTest safe prompts (every type in turn)"
+            if over
+            else "# over_refusal: not measured",
             "",
             "## pool by source (refused = the organism's own answer refused)",
             by_source.to_string(float_format=lambda v: f"{v:.3f}"),

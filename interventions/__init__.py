@@ -3,7 +3,8 @@ sub-package per study that edits: ``heads`` (attribution) and ``abliteration`` (
 Intervention).
 
 The edits act on the shared hook mechanism (``thinklens.hooks``) and are also exported at the
-top level: ``tl.HeadAblation``, ``tl.DirectionProjection``, ``tl.ActivationAddition``.
+top level: ``tl.HeadAblation``, ``tl.DirectionProjection``, ``tl.ActivationAddition``; each acts
+at the token positions its ``positions=`` names (``tl.Positions``, every token by default).
 """
 
 from thinklens.interventions.edits import (
@@ -15,12 +16,14 @@ from thinklens.interventions.edits import (
     heads_by_layer,
     unit_direction,
 )
+from thinklens.positions import Positions
 
 __all__ = [
     "ActivationAddition",
     "DirectionProjection",
     "HeadAblation",
     "HeadSpec",
+    "Positions",
     "head_means",
     "heads_by_layer",
     "unit_direction",

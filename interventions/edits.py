@@ -2,7 +2,9 @@
 
 Each edit is a list of (site, function) pairs on the shared hook mechanism
 (``thinklens.hooks``), so it acts in captures, logits and generation alike, on both backends
-and on remote models.
+and on remote models. Each takes ``positions=`` (keyword): every token by default, or a
+``thinklens.positions.Positions`` (a span per text, a trace's thinking, generated tokens only,
+from a position on).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import Tensor
 
 from thinklens.hooks import Edit, EditFn
 from thinklens.model import Model
+from thinklens.positions import Positions
 from thinklens.sites import Site
 
 HeadSpec = Mapping[int, Sequence[int]] | Sequence[tuple[int, int]]
@@ -40,7 +43,7 @@ def heads_by_layer(model: Model, heads: HeadSpec) -> dict[int, list[int]]:
 
 @dataclass
 class HeadAblation(Edit):
-    """Ablate attention heads at the input of the output projection, at every position.
+    """Ablate attention heads at the input of the output projection (at ``positions``).
 
     Modes: ``"zero"``; ``"mean"`` (each head's mean output over a reference set, see
     ``head_means``); ``"scale"``: multiply the heads' outputs by ``scale`` (0 by default) and
@@ -50,7 +53,8 @@ class HeadAblation(Edit):
     projection's input, every row, position and head of the forward pass at once) are rescaled
     to their one Frobenius norm before ablation; the code scales by 0 while generating and by
     0.001 when it scores single heads. A global norm couples every example of a batch (and
-    counts padding), so the position restore is the default.
+    counts padding), so the position restore is the default; it also couples every position,
+    so it acts at all positions only.
 
     Args:
         heads: ``{layer: [head, ...]}`` or ``[(layer, head), ...]``.
@@ -65,6 +69,12 @@ class HeadAblation(Edit):
     def __post_init__(self) -> None:
         if self.restore not in ("position", "global"):
             raise ValueError(f"unknown restore {self.restore!r}; choose 'position' or 'global'")
+        if self.mode == "scale" and self.restore == "global":
+            if not Positions.parse(self.positions).is_all:
+                raise ValueError(
+                    "restore='global' rescales every position of the pass at once, so it "
+                    "cannot act at chosen positions: use restore='position' with positions"
+                )
 
     @property
     def restores_norm(self) -> bool:
@@ -147,7 +157,8 @@ class DirectionProjection(Edit):
     """Remove a direction: ``x <- x - (x . r_hat) r_hat`` at residual-stream sites.
 
     The default sites are Arditi et al.'s directional ablation: every block input and every
-    attention and MLP output, at every layer (``layers=None``).
+    attention and MLP output, at every layer (``layers=None``), at every position unless
+    ``positions`` say otherwise.
     """
 
     direction: Float[Tensor, " d_model"]
@@ -167,7 +178,7 @@ class DirectionProjection(Edit):
 
 @dataclass
 class ActivationAddition(Edit):
-    """Add ``coeff * vector`` to a residual-stream site at chosen layers, at every position."""
+    """Add ``coeff * vector`` to a residual-stream site at chosen layers (at ``positions``)."""
 
     vector: Float[Tensor, " d_model"]
     layers: Sequence[int] = field(default_factory=lambda: [0])

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from thinklens.capture import capture
 from thinklens.model import Model
-from thinklens.sites import Positions
+from thinklens.sites import CapturePositions
 
 
 def normed_features(model: Model, x: Tensor) -> Float[Tensor, "... d_model"]:
@@ -29,14 +29,15 @@ def probe_features(
     texts: Sequence[str],
     layers: Sequence[int],
     norm: bool = True,
-    positions: Positions = "last",
-    batch_size: int = 8,
+    positions: CapturePositions = "last",
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> dict[int, Tensor]:
     """``resid_post`` at each layer (one capture pass for all of them), as float32.
 
     Returns ``{layer: [batch, d_model]}`` for ``positions="last"``, otherwise
-    ``{layer: [batch, pos, d_model]}`` with zeros past each text's end.
+    ``{layer: [batch, pos, d_model]}`` with zeros past each text's end. ``batch_size`` None
+    chooses it from free memory and halves it on out-of-memory (``thinklens.capture``).
     """
     layers = [model.check_layer(layer) for layer in layers]
     if not layers:
@@ -62,7 +63,7 @@ def span_features(
     spans: Sequence[tuple[int, int]],
     layers: Sequence[int],
     norm: bool = True,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> tuple[dict[int, Float[Tensor, "n_positions d_model"]], Int[Tensor, " n_positions"]]:
     """``resid_post`` at every position of one ``[start, end)`` token span per text.

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pandas as pd
-import torch
+from jaxtyping import Float
+from torch import Tensor
 from tqdm.auto import tqdm
 
+from thinklens.batching import auto_batch_size, run_batched
 from thinklens.capture import capture
 from thinklens.model import Model
 from thinklens.probes.features import normed_features, probe_features
@@ -37,7 +39,7 @@ def score_tokens(
     model: Model,
     probe: RefusalProbe,
     traces: Sequence[Trace],
-    batch_size: int = 8,
+    batch_size: int | None = None,
     require_marker: bool = True,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -46,6 +48,7 @@ def score_tokens(
     Columns: ``example`` (index into ``traces``), ``position``, ``part`` (prompt, thinking,
     marker, answer), ``token`` (decoded text of that token), ``score``, and ``from_answer``
     (position minus the first answer position: -1 is the last token before the answer).
+    ``batch_size`` None chooses it from free memory and halves it on out-of-memory.
     """
     _check_traces(traces, require_marker)
     probe.check(model)
@@ -53,17 +56,22 @@ def score_tokens(
     order = sorted(range(len(traces)), key=lambda i: -len(traces[i].input_ids))
     frames = []
     tok = model.tokenizer
-    bar = tqdm(total=len(traces), desc="score tokens", unit="trace", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
+
+    def run(batch: list[int]) -> tuple[Tensor, Tensor]:
         texts = [traces[i].text for i in batch]
         caps = capture(model, texts, [site], "all", batch_size=len(batch), progress=False)
         h = caps[site]
         feats = normed_features(model, h) if probe.norm else h.float()
-        scores = probe.score(feats).cpu()
+        return caps.lengths, probe.score(feats).cpu()
+
+    first = 0
+    if batch_size is None:
+        first = auto_batch_size(model, len(traces[order[0]].input_ids), len(order))
+    bar = tqdm(total=len(traces), desc="score tokens", unit="trace", disable=not progress)
+    for batch, (lengths, scores) in run_batched(order, run, batch_size, first, "score_tokens"):
         for row, i in enumerate(batch):
             t = traces[i]
-            n = int(caps.lengths[row])
+            n = int(lengths[row])
             if n != len(t.input_ids):
                 raise RuntimeError(
                     f"trace {i} tokenizes to {n} tokens, not the {len(t.input_ids)} of its "
@@ -93,8 +101,8 @@ def score_tokens(
 
 
 def score_last(
-    model: Model, probe: RefusalProbe, texts: Sequence[str], batch_size: int = 8
-) -> torch.Tensor:
+    model: Model, probe: RefusalProbe, texts: Sequence[str], batch_size: int | None = None
+) -> Float[Tensor, " batch"]:
     """The probe's score at the last position of each text (the published cliff proxy)."""
     probe.check(model)
     feats = probe_features(model, texts, [probe.layer], probe.norm, "last", batch_size, False)

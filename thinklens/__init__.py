@@ -13,6 +13,7 @@ from thinklens.interventions.edits import (
 )
 from thinklens.loading import load_model
 from thinklens.model import Model
+from thinklens.positions import Positions
 from thinklens.sites import SITE_KINDS, Site
 from thinklens.traces import ThinkingFormat
 
@@ -27,6 +28,7 @@ __all__ = [
     "Family",
     "HeadAblation",
     "Model",
+    "Positions",
     "Site",
     "ThinkingFormat",
     "capture",

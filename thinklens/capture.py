@@ -16,12 +16,14 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Bool, Int
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from thinklens.batching import auto_batch_size, run_batched
 from thinklens.model import Model
-from thinklens.sites import POS_DIM, Positions, Site, SiteLike, position_index
+from thinklens.sites import POS_DIM, CapturePositions, Site, SiteLike, position_index
 
 
 @dataclass
@@ -35,7 +37,7 @@ class Captures:
     tensors: dict[Site, Tensor]
     mask: Bool[Tensor, "batch sel"]
     lengths: Int[Tensor, " batch"]
-    positions: Positions
+    positions: CapturePositions
 
     def __getitem__(self, key: SiteLike) -> Tensor:
         site = Site.parse(key)
@@ -88,19 +90,12 @@ def _select(
     return kept.detach().to("cpu", out_dtype or x.dtype)
 
 
-def _request_hash(
-    model: Model, texts: Sequence[str], sites: list[Site], positions: object, batch_size: int
-) -> str:
+def _request_hash(model: Model, texts: Sequence[str], sites: list[Site], positions: object) -> str:
+    # No batch size: shards say which texts they hold, so a run killed for want of memory
+    # resumes with a smaller batch.
     h = hashlib.sha256(
         json.dumps(
-            [
-                model.name,
-                model.fingerprint(),
-                list(texts),
-                [str(s) for s in sites],
-                repr(positions),
-                batch_size,
-            ]
+            [model.name, model.fingerprint(), list(texts), [str(s) for s in sites], repr(positions)]
         ).encode()
     )
     return h.hexdigest()[:16]
@@ -110,8 +105,8 @@ def capture(
     model: Model,
     texts: Sequence[str],
     sites: Sequence[SiteLike],
-    positions: Positions = "all",
-    batch_size: int = 8,
+    positions: CapturePositions = "all",
+    batch_size: int | None = None,
     stream_to: str | Path | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = True,
@@ -123,9 +118,12 @@ def capture(
         sites: e.g. ``["resid_post.12", "z.3", Site("pattern", 5, heads=(2,))]``.
         positions: ``"all"``, ``"last"``, an int k (last k tokens), or one (start, end) token
             span per text.
-        batch_size: texts per forward pass (sorted by length to waste little on padding).
+        batch_size: texts per forward pass (sorted by length to waste little on padding). None
+            chooses it from free memory and halves it on out-of-memory; a number is kept as
+            given (out-of-memory then raises).
         stream_to: a folder; each batch is written there as a safetensors shard and a
-            CaptureStore is returned. A run killed midway resumes where it stopped.
+            CaptureStore is returned. A run killed midway resumes where it stopped, at any
+            batch size.
         dtype: store captures in this dtype (default: the model's).
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
@@ -141,28 +139,22 @@ def capture(
         [len(x) for x in model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
     )
     order = torch.argsort(-lengths, stable=True).tolist()  # long first: OOM shows up at once
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     store = None
+    todo = order
     if stream_to is not None:
-        store = CaptureStore.create(
-            Path(stream_to),
-            _request_hash(model, texts, resolved, positions, batch_size),
-            resolved,
-            positions,
-            len(texts),
-        )
-    chunks: dict[Site, list[Tensor]] = {s: [] for s in resolved}
-    masks, done_order = [], []
-    bar = tqdm(batches, desc="capture", unit="batch", disable=not progress)
-    for b, batch in enumerate(bar):
-        if store is not None and store.has(b):
-            continue
+        key = _request_hash(model, texts, resolved, positions)
+        store = CaptureStore.create(Path(stream_to), key, resolved, positions, len(texts))
+        done = store.done()
+        todo = [i for i in order if i not in done]
+    rank = {i: r for r, i in enumerate(order)}  # a shard is named by its first text's rank
+
+    def run(batch: list[int]) -> tuple[dict[Site, Tensor], Tensor]:
         ids, mask = model.tokenize([texts[i] for i in batch])
         spans = positions if isinstance(positions, (str, int)) else [positions[i] for i in batch]
         idx, keep = position_index(mask.sum(-1).cpu(), spans)
         got: dict[Site, Tensor] = {}
 
-        def read(site: Site, x: Tensor, keep: Tensor = keep, got=got) -> None:
+        def read(site: Site, x: Tensor) -> None:
             got[site] = _select(site, x, keep, squeeze, dtype)
 
         with torch.no_grad():
@@ -170,13 +162,25 @@ def capture(
         missing = [s for s in resolved if s not in got]
         if missing:
             raise RuntimeError(f"the {model.backend.name} backend did not produce {missing[0]}")
+        return got, keep
+
+    first = 0
+    if batch_size is None and todo:
+        patterns = any(s.kind == "pattern" for s in resolved)
+        first = auto_batch_size(model, int(lengths[todo[0]]), len(todo), patterns=patterns)
+    chunks: dict[Site, list[Tensor]] = {s: [] for s in resolved}
+    masks, done_order = [], []
+    bar = tqdm(total=len(todo), desc="capture", unit="text", disable=not progress)
+    for batch, (got, keep) in run_batched(todo, run, batch_size, first, "capture"):
+        bar.update(len(batch))
         if store is not None:
-            store.write(b, got, keep, batch, lengths[batch])
+            store.write(rank[batch[0]], got, keep, batch, lengths[batch])
             continue
         for s in resolved:
             chunks[s].append(got[s])
         masks.append(keep)
         done_order.extend(batch)
+    bar.close()
     if store is not None:
         store.finish()
         return store
@@ -221,13 +225,18 @@ class CaptureStore:
     def _shard(self, b: int) -> Path:
         return self.path / f"shard-{b:05d}.safetensors"
 
-    def has(self, b: int) -> bool:
-        return self._shard(b).exists()
+    def done(self) -> set[int]:
+        """Indices of the texts already in a shard (what a resumed run skips)."""
+        out: set[int] = set()
+        for shard in self.path.glob("shard-*.safetensors"):
+            with safe_open(str(shard), "pt") as f:
+                out.update(f.get_tensor("__index__").tolist())
+        return out
 
     def write(
         self, b: int, got: dict[Site, Tensor], mask: Tensor, batch: list[int], lengths: Tensor
     ) -> None:
-        """Write one batch's shard atomically."""
+        """Write one batch's shard atomically (``b``: the rank of its first text)."""
         data = {str(s): t.contiguous() for s, t in got.items()}
         data["__mask__"] = mask.contiguous()
         data["__lengths__"] = lengths.contiguous()

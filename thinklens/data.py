@@ -6,7 +6,12 @@ Sources accepted by :func:`load_prompts` and :func:`load_records`:
   (one prompt a line);
 * ``"bundled:harmful"`` / ``"bundled:harmless"``: the prompt sets shipped with thinklens;
 * ``"hf:<dataset_id>"`` or ``"hf:<dataset_id>:<config>"``: a Hugging Face dataset, loaded with
-  ``datasets.load_dataset`` (needs the optional ``datasets`` extra and network or a warm cache).
+  ``datasets.load_dataset`` (needs the optional ``datasets`` extra and network or a warm cache);
+* ``"xstest:safe"``, ``"xstest:unsafe"`` or ``"xstest:all"``: XSTest (Roettger et al. 2024), 250
+  safe prompts that sound unsafe and 200 unsafe contrasts, the over-refusal benchmark. It is not
+  shipped: the file ``xstest_prompts.csv`` (columns ``id,prompt,type,label,focus,note``) is read
+  from the folder ``$THINKLENS_DATA``, or from a path given after the label
+  (``"xstest:safe:/data/xstest_prompts.csv"``, the file or its folder). See `thinklens.xstest`.
 """
 
 from __future__ import annotations
@@ -19,13 +24,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from thinklens.xstest import DATA_ENV, XSTEST_FILE, xstest_path, xstest_prompts, xstest_rows
+
 __all__ = [
+    "DATA_ENV",
     "KNOWN_PROMPT_COLUMNS",
     "SUPPORTED_EXTENSIONS",
+    "XSTEST_FILE",
     "bundled_categories",
     "bundled_prompts",
     "load_prompts",
     "load_records",
+    "xstest_path",
+    "xstest_prompts",
 ]
 
 Kind = Literal["harmful", "harmless"]
@@ -181,13 +192,16 @@ def _read_source(source: str | Path, split: str) -> tuple[list[Row], str]:
         return rows, f"{source} (split={split!r})"
     if isinstance(source, str) and source.startswith("hf:"):
         return _read_hf(source.removeprefix("hf:"), split), f"{source} (split={split!r})"
+    if isinstance(source, str) and source.startswith("xstest:"):
+        label, _, where = source.removeprefix("xstest:").partition(":")
+        return xstest_rows(label, where or None), source
 
     path = Path(source).expanduser()
     if not path.is_file():
         what = "is not a file" if path.exists() else "not found"
         raise FileNotFoundError(
             f"prompt file {what}: {path}; check the path, or use a built-in source: "
-            "'bundled:harmful', 'bundled:harmless' or 'hf:<dataset_id>'"
+            "'bundled:harmful', 'bundled:harmless', 'hf:<dataset_id>' or 'xstest:safe'"
         )
     reader = _READERS.get(path.suffix.lower())
     if reader is None:

@@ -29,9 +29,9 @@ def encode_example(model, prompt: str, thinking: str, answer: str) -> Encoded:
     head = model.chat(prompt)
     fmt = model.thinking
     # An R1-style template already ends its generation prompt with the opener.
-    opener = "" if fmt.template_opens_thinking or head.rstrip().endswith(fmt.open) else fmt.open
+    opened = fmt.template_opens_thinking or head.rstrip().endswith(fmt.open)
     tok = model.tokenizer
-    full = f"{head}{opener}\n{thinking}\n{fmt.close}\n\n{answer}{tok.eos_token}"
+    full = head + fmt.response_text(thinking, answer, opened=opened) + tok.eos_token
     p_ids = tok(head, add_special_tokens=False)["input_ids"]
     ids = tok(full, add_special_tokens=False)["input_ids"]
     if ids[: len(p_ids)] != p_ids:

@@ -11,8 +11,11 @@ from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
 
+from thinklens.batching import auto_batch_size, run_batched
 from thinklens.embedded import ORGANISMS
+from thinklens.formats import clean_response, special_markers
 from thinklens.loading import resolve_source
 from thinklens.model import Model
 
@@ -26,7 +29,7 @@ def generate(
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     top_p: float = 1.0,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     chat: bool = True,
     system: str | None = None,
     seed: int | None = 0,
@@ -34,12 +37,16 @@ def generate(
     engine: Engine = "hf",
     engine_kwargs: dict | None = None,
     skip_special_tokens: bool = True,
+    answer_tokens: int | None = None,
 ) -> list[str]:
     """The model's responses (new tokens only, special tokens dropped), one per prompt.
 
     Args:
         prompts: user prompts (wrapped in the chat template when ``chat``) or full texts.
         temperature: 0 is greedy; above 0 samples with ``top_p``.
+        batch_size: prompts per ``generate`` call (HF engine). None chooses it from free
+            memory, the prompt length and ``max_new_tokens``, and halves it on out-of-memory;
+            a number is kept as given (out-of-memory then raises).
         seed: seeds sampling so a run can be repeated.
         engine: ``"hf"`` (the model's own ``generate``; interventions act) or ``"vllm"``
             (``pip install vllm``; for bulk generation on GPUs, no interventions; ``batch_size``
@@ -48,6 +55,8 @@ def generate(
             ``"model"`` names the weights when ``model.name`` is not a hub name or folder.
         skip_special_tokens: drop special tokens from the decoded text (the HF engine; keep
             them to see which markers a model writes).
+        answer_tokens: stop each response this many tokens after its thinking closes (HF
+            engine): enough answer to judge, without generating the rest of it.
     Generation stops at the end-of-turn token, which ends the answer after the thinking.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -59,6 +68,8 @@ def generate(
     tok = model.tokenizer
     eos = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} - {None, tok.unk_token_id}
     if engine == "vllm":
+        if answer_tokens is not None:
+            raise ValueError("answer_tokens needs the HF engine: vLLM has no stop after thinking")
         params = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         return _generate_vllm(model, texts, sorted(eos), seed, progress, engine_kwargs, **params)
     if model.remote:
@@ -73,16 +84,104 @@ def generate(
     else:  # silence the model's own sampling defaults in greedy mode
         kw |= dict(temperature=None, top_p=None, top_k=None)
     kw["eos_token_id"] = sorted(eos)
+    if answer_tokens is not None:
+        if answer_tokens < 1:
+            raise ValueError(f"answer_tokens={answer_tokens}: give at least 1, or None")
+        kw["answer_tokens"] = answer_tokens
     if seed is not None:
         torch.manual_seed(seed)
-    out: list[str] = []
-    starts = range(0, len(texts), batch_size)
-    for i in tqdm(starts, desc="generate", unit="batch", disable=not progress):
-        ids, mask = model.tokenize(texts[i : i + batch_size], padding_side="left")
-        gen = model.hf.generate(input_ids=ids, attention_mask=mask, **kw)
+
+    markers = special_markers(tok, model.thinking)
+
+    def run(chunk: list[str]) -> list[str]:
+        ids, mask = model.tokenize(chunk, padding_side="left")
+        call = dict(kw)
+        if "answer_tokens" in call:
+            stop = AnswerStop(tok, model.thinking.close, ids.shape[1], call.pop("answer_tokens"))
+            call["stopping_criteria"] = StoppingCriteriaList([stop])
+        gen = model.hf.generate(input_ids=ids, attention_mask=mask, **call)
         new = gen[:, ids.shape[1] :]
-        out.extend(tok.batch_decode(new, skip_special_tokens=skip_special_tokens))
+        if skip_special_tokens and markers:  # keep the specials the thinking markers are made of
+            outs = tok.batch_decode(new, skip_special_tokens=False)
+            return [clean_response(o, tok, model.thinking) for o in outs]
+        return tok.batch_decode(new, skip_special_tokens=skip_special_tokens)
+
+    first = 0
+    if batch_size is None:
+        longest = max(len(x) for x in tok(texts, add_special_tokens=False)["input_ids"])
+        first = auto_batch_size(model, longest, len(texts), new_tokens=max_new_tokens)
+    out: list[str] = []
+    bar = tqdm(total=len(texts), desc="generate", unit="prompt", disable=not progress)
+    # same_rng: a chunk retried after out-of-memory samples as the failed attempt would have.
+    for chunk, answers in run_batched(texts, run, batch_size, first, "generate", same_rng=sample):
+        out.extend(answers)
+        bar.update(len(chunk))
+    bar.close()
     return out
+
+
+@torch.no_grad()
+def continue_ids(
+    model: Model,
+    prefixes: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    answer_tokens: int | None = None,
+) -> list[list[int]]:
+    """Greedy new token ids after each token prefix (no re-tokenization; edits act).
+
+    For continuing a model's own output exactly: decoded text tokenizes back differently at
+    some boundaries (a marker and the newlines after it), which is a different input.
+    ``answer_tokens``: stop a row that many tokens after its new tokens close the thinking
+    (0: at the token that closes it).
+    """
+    if not prefixes or any(len(p) == 0 for p in prefixes):
+        raise ValueError("continue_ids needs non-empty token prefixes")
+    tok = model.tokenizer
+    eos = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} - {None, tok.unk_token_id}
+    pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos)
+    kw = dict(
+        max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None
+    )
+    out: list[list[int]] = []
+    for i in range(0, len(prefixes), batch_size):
+        chunk = [list(p) for p in prefixes[i : i + batch_size]]
+        width = max(map(len, chunk))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        call = dict(kw, eos_token_id=sorted(eos), pad_token_id=pad)
+        if answer_tokens is not None:
+            stop = AnswerStop(tok, model.thinking.close, width, answer_tokens)
+            call["stopping_criteria"] = StoppingCriteriaList([stop])
+        gen = model.hf.generate(input_ids=ids, attention_mask=mask.to(model.device), **call)
+        for row in gen[:, width:].tolist():
+            # Trailing padding (a row that ended early) is not part of the continuation.
+            while row and row[-1] == pad:
+                row.pop()
+            out.append(row)
+    return out
+
+
+class AnswerStop(StoppingCriteria):
+    """Stops each row ``n`` tokens after its new tokens first contain ``close`` (0: at once)."""
+
+    def __init__(self, tokenizer: object, close: str, prompt_len: int, n: int) -> None:
+        self.tokenizer, self.close, self.start, self.n = tokenizer, close, prompt_len, n
+        self.closed_at: dict[int, int] = {}  # row -> length when the marker was complete
+        # A marker is a few tokens; its text can only have been completed in the last few.
+        self.tail = len(tokenizer(close, add_special_tokens=False)["input_ids"]) + 2
+
+    def __call__(self, input_ids: torch.LongTensor, scores: object, **kw: object) -> torch.Tensor:
+        length = input_ids.shape[1]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for row in range(input_ids.shape[0]):
+            if row not in self.closed_at:
+                tail = input_ids[row, max(self.start, length - self.tail) :]
+                text = self.tokenizer.decode(tail, skip_special_tokens=False)
+                if self.close in text:
+                    self.closed_at[row] = length
+            done[row] = row in self.closed_at and length - self.closed_at[row] >= self.n
+        return done
 
 
 def _generate_vllm(

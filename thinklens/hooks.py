@@ -6,12 +6,18 @@ a torch hook on the module the family table names, in every module tree the mode
 captures, logits and ``generate`` alike. On a remote model (nnsight ``remote=True``) there is no
 local module to hook: the edits hand the same functions to the backend (``trace_ops``), which
 applies them as trace operations.
+
+Every edit acts at every position unless its ``positions`` (``thinklens.positions``) say
+otherwise; then a hook on the top module of each tree tells the site hooks which tokens of the
+pass to edit, and each edited tensor is ``where(mask, edited, original)`` along its token axis.
 """
 
-from __future__ import annotations
-
+# No postponed annotations here: the ``positions`` field's type must be an object, not a name,
+# in the ``__init__`` of every edit, whichever module defines the edit (the API docs read it).
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -19,19 +25,26 @@ from torch.utils.hooks import RemovableHandle
 
 from thinklens.backends.base import TraceOp, from_canonical, to_canonical
 from thinklens.model import Model, get_path
+from thinklens.positions import Positions, PositionsLike, PositionTracker
 from thinklens.sites import Site
 
 EditFn = Callable[[Tensor], Tensor]
 
 
-def _hook_site(model: Model, tree: nn.Module, site: Site, fn: EditFn) -> RemovableHandle:
-    """Install ``fn`` on a site's canonical tensor in one module tree."""
+def _hook_site(
+    model: Model, tree: nn.Module, site: Site, fn: EditFn, where: PositionTracker | None
+) -> RemovableHandle:
+    """Install ``fn`` on a site's canonical tensor in one module tree (at ``where``'s tokens)."""
     path, port, index = model.family.site_module(site)
     module = get_path(tree, path)
     n_heads = model.n_heads
 
     def apply(x: Tensor) -> Tensor:
-        return from_canonical(site, fn(to_canonical(site, x, n_heads)))
+        x = to_canonical(site, x, n_heads)
+        out = fn(x)
+        if where is not None:
+            out = torch.where(where.mask_like(x), out, x)
+        return from_canonical(site, out)
 
     if port == "input":
 
@@ -51,9 +64,11 @@ def _hook_site(model: Model, tree: nn.Module, site: Site, fn: EditFn) -> Removab
     return module.register_forward_hook(post)
 
 
-def _hook_norm_restore(model: Model, tree: nn.Module, site: Site, fn: EditFn) -> RemovableHandle:
+def _hook_norm_restore(
+    model: Model, tree: nn.Module, site: Site, fn: EditFn, where: PositionTracker | None
+) -> RemovableHandle:
     """Replace the output of the module reading ``z`` with its output on the edited ``z``,
-    rescaled at each position to the norm of the real output."""
+    rescaled at each position to the norm of the real output (at ``where``'s tokens)."""
     module = get_path(tree, model.family.site_module(site)[0])
     # The bridge wraps the projection; its inner module's forward runs no hooks.
     proj = getattr(module, "_original_component", module)
@@ -61,20 +76,25 @@ def _hook_norm_restore(model: Model, tree: nn.Module, site: Site, fn: EditFn) ->
     def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
         edited = proj.forward(from_canonical(site, fn(to_canonical(site, args[0], model.n_heads))))
         norm = edited.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(out.dtype).tiny)
-        return edited * (out.norm(dim=-1, keepdim=True) / norm)
+        restored = edited * (out.norm(dim=-1, keepdim=True) / norm)
+        return restored if where is None else torch.where(where.mask_like(out), restored, out)
 
     return module.register_forward_hook(post)
 
 
+@dataclass
 class Edit:
     """Base of all edits: a list of (site, function) pairs, or a custom ``install``.
 
-    Edits given by ``site_fns`` also run on remote models; a custom ``install`` (torch hooks)
-    runs only where the weights are. ``restores_norm`` makes each function act on ``z`` with
-    the output projection's norm kept (see ``HeadAblation``).
+    Edits given by ``site_fns`` also run on remote models, and act only at ``positions``
+    (keyword; every position by default, see ``thinklens.positions.Positions``); a custom
+    ``install`` (torch hooks) runs only where the weights are and places itself.
+    ``restores_norm`` makes each function act on ``z`` with the output projection's norm kept
+    (see ``HeadAblation``).
     """
 
-    restores_norm: bool = False
+    restores_norm: ClassVar[bool] = False
+    positions: PositionsLike = field(default=None, kw_only=True)
 
     def site_fns(self, model: Model) -> list[tuple[Site, EditFn]]:
         raise NotImplementedError
@@ -89,10 +109,19 @@ class Edit:
                 raise ValueError(f"a norm-restoring edit acts on z, not {site.kind}")
         return out
 
+    def tracker(self, model: Model) -> PositionTracker | None:
+        """A tracker of this edit's positions, or None when it acts at every position."""
+        positions = Positions.parse(self.positions)
+        return None if positions.is_all else PositionTracker(positions, model.tokenizer)
+
     def install(self, model: Model, tree: nn.Module) -> list[RemovableHandle]:
         """Hook this edit into one module tree."""
         hook = _hook_norm_restore if self.restores_norm else _hook_site
-        return [hook(model, tree, site, fn) for site, fn in self.resolved_fns(model)]
+        fns = self.resolved_fns(model)
+        where = self.tracker(model)
+        # The tracker's hooks go on the top module, so they run before any site's.
+        handles = [] if where is None else where.install(tree)
+        return handles + [hook(model, tree, site, fn, where) for site, fn in fns]
 
 
 class Intervention(AbstractContextManager):
@@ -103,6 +132,7 @@ class Intervention(AbstractContextManager):
         self.edits = list(edits)
         self.handles: list[RemovableHandle] = []
         self.ops: list[TraceOp] = []
+        self._check_positions(self.edits)
         if model.remote:
             for e in self.edits:
                 if type(e).install is not Edit.install:
@@ -112,13 +142,25 @@ class Intervention(AbstractContextManager):
                         "defined by site_fns (HeadAblation, DirectionProjection, "
                         "ActivationAddition)"
                     )
-                self.ops += [(s, fn, e.restores_norm) for s, fn in e.resolved_fns(model)]
+                where = e.tracker(model)
+                mask = None if where is None else where.full_mask
+                self.ops += [(s, fn, e.restores_norm, mask) for s, fn in e.resolved_fns(model)]
             model.backend.trace_ops.extend(self.ops)
         else:
             for tree in model.trees():
                 for e in self.edits:
                     self.handles.extend(e.install(model, tree))
         model.interventions.append(self)
+
+    @staticmethod
+    def _check_positions(edits: list[Edit]) -> None:
+        """A custom ``install`` places its own hooks: positions given to it would be ignored."""
+        for e in edits:
+            if type(e).install is not Edit.install and not Positions.parse(e.positions).is_all:
+                raise ValueError(
+                    f"{type(e).__name__} installs its own torch hooks, which do not read "
+                    "positions: leave positions unset, or define the edit by site_fns"
+                )
 
     def remove(self) -> None:
         for h in self.handles:

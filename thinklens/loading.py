@@ -12,6 +12,7 @@ import torch
 from thinklens.backends import BackendName, check_backend
 from thinklens.embedded import BASE, EMBEDDED, ORGANISMS, apply_adapter, embedded_folder
 from thinklens.families import family_for
+from thinklens.formats import ThinkingFormat, format_named, resolve_format
 from thinklens.model import Model, weights_fingerprint
 
 
@@ -55,6 +56,7 @@ def load_model(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
     remote: bool = False,
+    thinking: str | ThinkingFormat | None = None,
 ) -> Model:
     """Load a causal LM as a thinklens Model.
 
@@ -66,29 +68,42 @@ def load_model(
             (TransformerBridge) or ``"nnsight"``.
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` (accelerate ``device_map``) or None (CUDA if
             available).
-        dtype: weights dtype; float32 keeps captures comparable across backends.
+        dtype: weights dtype; float32 keeps captures comparable across backends, bfloat16 (or
+            ``"bfloat16"``) halves the memory. An organism takes its adapter in float32 first.
         trust_remote_code: run a repository's own model code (off: it executes downloaded code).
-        attn_implementation: ``"sdpa"`` by default; ``pattern`` captures switch to eager
+        attn_implementation: transformers' default (SDPA where the model supports it, eager
+            where it does not, as for gpt-oss); ``pattern`` captures switch to eager
             attention only while they run.
         remote: run every forward pass on NDIF through nnsight (``backend="nnsight"``, a hub
             name NDIF hosts; the API key from ``NDIF_API_KEY`` or nnsight's config). Only the
             config and tokenizer are read here; no weights are loaded, and nothing is sent
             until a capture or forward pass runs.
+        thinking: how the model delimits its thinking: a name in
+            ``thinklens.formats.FORMATS`` (``"think"``, ``"qwen3-no-think"``, ``"harmony"``,
+            ``"bracket-think"``, ...) or a ``ThinkingFormat``. None detects it from the chat
+            template, falling back to the family row's format.
     """
     check_backend(backend)  # before any weights load
+    if isinstance(thinking, str):
+        format_named(thinking)  # an unknown name fails before any weights load
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     if remote:
         return _load_remote(
-            name_or_path, backend, device, dtype, trust_remote_code, attn_implementation
+            name_or_path, backend, device, dtype, trust_remote_code, attn_implementation, thinking
         )
     source, extra = resolve_source(name_or_path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    kw = dict(dtype=dtype, trust_remote_code=trust_remote_code, **extra)
-    kw["attn_implementation"] = attn_implementation or "sdpa"
+    organism = name_or_path in ORGANISMS
+    # An organism's adapter is matched to its base by a fingerprint of the float32 weights, so
+    # the base loads in float32, takes the adapter, and is cast to ``dtype`` after.
+    kw = dict(dtype=torch.float32 if organism else dtype, trust_remote_code=trust_remote_code)
+    kw |= extra
+    if attn_implementation is not None:  # else transformers' choice: SDPA where the model has it
+        kw["attn_implementation"] = attn_implementation
     if device == "auto":
         kw["device_map"] = "auto"
     local = Path(source).is_dir()
@@ -109,10 +124,11 @@ def load_model(
     if device != "auto":
         hf = hf.to(device)
     family = family_for(hf.config)
-    if name_or_path in ORGANISMS:
+    if organism:
         fp = weights_fingerprint(hf, family, hf.config.num_hidden_layers)
-        hf = apply_adapter(hf, ORGANISMS[name_or_path], fp)
-    return Model(hf, tok, family, name=name_or_path, backend_name=backend, thinking=family.thinking)
+        hf = apply_adapter(hf, ORGANISMS[name_or_path], fp).to(dtype)
+    fmt = resolve_format(thinking, tok, default=family.thinking)
+    return Model(hf, tok, family, name=name_or_path, backend_name=backend, thinking=fmt)
 
 
 def _load_remote(
@@ -122,6 +138,7 @@ def _load_remote(
     dtype: torch.dtype,
     trust_remote_code: bool,
     attn_implementation: str | None,
+    thinking: str | ThinkingFormat | None = None,
 ) -> Model:
     """A Model whose forward passes run on NDIF: an nnsight model built on the meta device."""
     if backend != "nnsight":
@@ -152,7 +169,7 @@ def _load_remote(
                 name,
                 tokenizer=tok,
                 dtype=dtype,
-                attn_implementation=attn_implementation or "sdpa",
+                **({"attn_implementation": attn_implementation} if attn_implementation else {}),
                 **({"trust_remote_code": True} if trust_remote_code else {}),
             )
     except OSError:
@@ -170,7 +187,7 @@ def _load_remote(
         family,
         name=name,
         backend_name="nnsight",
-        thinking=family.thinking,
+        thinking=resolve_format(thinking, tok, default=family.thinking),
         remote=True,
         nnsight_model=lm,
     )

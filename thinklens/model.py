@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Sequence
 from dataclasses import InitVar, dataclass, field
 from typing import Literal
 
@@ -12,6 +13,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from thinklens.backends import Backend, BackendName, BackendParts, make_backend
+from thinklens.batching import auto_batch_size, run_batched
 from thinklens.families import Family
 from thinklens.traces import ThinkingFormat, Trace
 
@@ -34,6 +36,16 @@ def weights_fingerprint(hf: nn.Module, family: Family, n_layers: int) -> str:
                 continue
             h.update(p.detach().float().flatten()[:4096].cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def float64_experts(hf: nn.Module) -> None:
+    """Run a float64 mixture-of-experts model's experts with transformers' eager loop: its
+    default kernel (``grouped_mm``) has no float64 form."""
+    cfg = getattr(hf, "config", None)
+    if getattr(cfg, "_experts_implementation", None) != "grouped_mm":
+        return
+    if next(hf.parameters()).dtype == torch.float64:
+        hf.set_experts_implementation("eager")
 
 
 @dataclass
@@ -62,6 +74,8 @@ class Model:
 
     def __post_init__(self, nnsight_model: object | None) -> None:
         self.hf.eval()
+        if not self.remote:
+            float64_experts(self.hf)
         if getattr(self.tokenizer, "pad_token_id", None) is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         parts = BackendParts(
@@ -102,7 +116,9 @@ class Model:
 
     @property
     def d_head(self) -> int:
-        return int(getattr(self.config, "head_dim", None) or self.d_model // self.n_heads)
+        """Width of one head's output at ``z`` (the family row names it: MLA's value width)."""
+        width = getattr(self.config, self.family.d_head_attr, None)
+        return int(width or self.d_model // self.n_heads)
 
     @property
     def n_ctx(self) -> int:
@@ -178,14 +194,35 @@ class Model:
             )
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
+    def pad_ids(
+        self, ids: Sequence[Sequence[int]], padding_side: Literal["left", "right"] = "right"
+    ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+        """Token id lists padded into a batch, with their attention mask (as ``tokenize``)."""
+        if not ids or any(len(x) == 0 for x in ids):
+            raise ValueError("pad_ids needs a non-empty list of non-empty token id lists")
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        width = max(map(len, ids))
+        if width > self.n_ctx:
+            raise ValueError(
+                f"a text has {width} tokens, over {self.name}'s context length {self.n_ctx}"
+            )
+        rows, masks = [], []
+        for x in ids:
+            fill = [pad] * (width - len(x))
+            keep, gap = [1] * len(x), [0] * (width - len(x))
+            rows.append(fill + list(x) if padding_side == "left" else list(x) + fill)
+            masks.append(gap + keep if padding_side == "left" else keep + gap)
+        return torch.tensor(rows, device=self.device), torch.tensor(masks, device=self.device)
+
     def chat(self, prompt: str, system: str | None = None) -> str:
         """The model's chat template applied to one user prompt, with the generation prompt."""
-        msgs = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}
-        ]
         if getattr(self.tokenizer, "chat_template", None) is None:
             return (f"{system}\n\n" if system else "") + f"User: {prompt}\nAssistant:"
-        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        from thinklens.formats import render_prompt
+
+        # The format's template switches (enable_thinking, /no_think) reach the template.
+        return render_prompt(self.tokenizer, prompt, system, self.thinking)
 
     def trace(
         self,
@@ -221,13 +258,30 @@ class Model:
 
     # --- forward ------------------------------------------------------------------------------
     @torch.no_grad()
-    def logits(self, texts: list[str], batch_size: int = 8) -> Float[Tensor, "batch vocab"]:
-        """Next-token logits at the last position of each text, through the backend."""
-        out = []
-        for i in range(0, len(texts), batch_size):
-            ids, mask = self.tokenize(texts[i : i + batch_size])
-            last = (mask.sum(-1) - 1)[:, None]
-            out.append(self.backend.logits(ids, mask, positions=last)[:, 0].float().cpu())
-        if not out:
+    def logits(
+        self, texts: list[str] | list[list[int]], batch_size: int | None = None
+    ) -> Float[Tensor, "batch vocab"]:
+        """Next-token logits at the last position of each text (or token id list), through the
+        backend.
+
+        Token ids are for continuing a model's own output exactly: its decoded text can
+        tokenize back differently (newlines after a marker merge into one token at the end of a
+        text). ``batch_size`` None chooses it from free memory and halves it on out-of-memory.
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
             raise ValueError("no texts given: pass a non-empty list of strings")
-        return torch.cat(out)
+        as_ids = not isinstance(texts[0], str)
+
+        def run(chunk: list) -> Tensor:
+            ids, mask = self.pad_ids(chunk) if as_ids else self.tokenize(chunk)
+            last = (mask.sum(-1) - 1)[:, None]
+            return self.backend.logits(ids, mask, positions=last)[:, 0].float().cpu()
+
+        first = 0
+        if batch_size is None:
+            ids = texts if as_ids else self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            longest = max(len(x) for x in ids)
+            first = auto_batch_size(self, longest, len(texts), logits=True)
+        batches = run_batched(texts, run, batch_size, first, "Model.logits")
+        return torch.cat([out for _, out in batches])

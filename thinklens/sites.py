@@ -85,11 +85,11 @@ class Site:
 SiteLike = Site | str | tuple
 
 #: Positions to keep: "all", "last", an int k (the last k tokens), or per-example spans.
-Positions = str | int | Sequence[tuple[int, int]]
+CapturePositions = str | int | Sequence[tuple[int, int]]
 
 
 def position_index(
-    lengths: Int[Tensor, " batch"], positions: Positions
+    lengths: Int[Tensor, " batch"], positions: CapturePositions
 ) -> tuple[Int[Tensor, "batch sel"], Bool[Tensor, "batch sel"]]:
     """Token indices to keep per example (right-padded batch) and which of them are real."""
     lengths = lengths.long()

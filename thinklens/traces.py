@@ -1,9 +1,10 @@
 """Reasoning traces: lay out prompt, thinking and answer as one token sequence with part spans.
 
 A trace is the chat template applied to the user prompt (with the generation prompt), then the
-thinking between the format's markers, then the answer. It is tokenized once, and each part's
-token range is recovered from the character offsets, so positions such as "last thinking token"
-or "first answer token" can be read straight from `Trace.spans`.
+thinking between the format's markers (see `thinklens.formats`), then the answer. It is
+tokenized once, and each part's token range is recovered from the character offsets, so
+positions such as "last thinking token" or "first answer token" can be read straight from
+`Trace.spans`.
 """
 
 from __future__ import annotations
@@ -16,31 +17,24 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from thinklens.formats import FORMATS, THINK, ThinkingFormat, render_prompt
+
+__all__ = [
+    "DEFAULT_FORMAT",
+    "PARTS",
+    "ThinkingFormat",
+    "Trace",
+    "build_trace",
+    "build_traces",
+    "split_response",
+    "token_bounds",
+]
+
 #: Names of the parts of a trace, in order; their spans tile the token sequence.
 PARTS: tuple[str, ...] = ("prompt", "thinking", "marker", "answer")
 
-
-@dataclass(frozen=True)
-class ThinkingFormat:
-    """How a model delimits its thinking from its answer."""
-
-    open: str = "<think>"
-    close: str = "</think>"
-    # R1-style templates end the generation prompt with "<think>\n", so responses lack the opener.
-    template_opens_thinking: bool = False
-
-    def split(self, response: str) -> tuple[str | None, str]:
-        """Split a response into (thinking, answer); (None, response) without a close marker."""
-        # The published layout puts blank lines around the closing marker; they belong to neither.
-        parts = re.split(r"\n*" + re.escape(self.close) + r"\n*", response, maxsplit=1)
-        if len(parts) == 1:
-            return None, response
-        thinking, answer = parts
-        thinking = re.sub(r"^\s*" + re.escape(self.open) + r"\n*", "", thinking, count=1)
-        return thinking, answer
-
-
-DEFAULT_FORMAT = ThinkingFormat()
+#: The format of models whose family row names none: ``<think>...</think>``.
+DEFAULT_FORMAT = THINK
 
 
 @dataclass
@@ -58,34 +52,6 @@ class Trace:
         """Token ids of one part (`"prompt"`, `"thinking"`, `"marker"` or `"answer"`)."""
         start, end = self.spans[part]
         return self.input_ids[start:end]
-
-
-def _render_prompt(
-    tokenizer: PreTrainedTokenizerBase,
-    prompt: str,
-    system: str | None,
-    chat_template: str | None,
-    plain_template: bool,
-) -> str:
-    """Template text up to and including the generation prompt."""
-    if chat_template is None and getattr(tokenizer, "chat_template", None) is None:
-        if not plain_template:
-            raise ValueError(
-                "tokenizer has no chat template: pass chat_template=..., set "
-                "tokenizer.chat_template, or use a chat/instruct model "
-                "(plain_template=True falls back to a plain 'User: ...\\nAssistant:' layout)"
-            )
-        head = f"System: {system}\n" if system is not None else ""
-        return f"{head}User: {prompt}\nAssistant:"
-    messages = [{"role": "user", "content": prompt}]
-    if system is not None:
-        messages.insert(0, {"role": "system", "content": system})
-    text = tokenizer.apply_chat_template(
-        messages, chat_template=chat_template, add_generation_prompt=True, tokenize=False
-    )
-    if not isinstance(text, str):
-        raise TypeError(f"apply_chat_template returned {type(text).__name__}, expected str")
-    return text
 
 
 def token_bounds(offsets: Sequence[tuple[int, int]], char_bounds: Sequence[int]) -> list[int]:
@@ -116,22 +82,31 @@ def build_trace(
     """Lay out template(prompt), thinking and answer; tokenize once and locate each part.
 
     The open marker (added here, or already emitted by the template) counts as prompt; the
-    marker part is the newline before the close marker, the marker and the blank line after it.
-    Without thinking the thinking and marker spans are empty ranges at the end of the prompt.
+    marker part is the format's closing text (for ``<think>``: the newline before the close
+    marker, the marker and the blank line after it; for harmony: ``<|end|>`` up to the final
+    channel's ``<|message|>``). Without thinking the thinking and marker spans are empty
+    ranges at the end of the prompt, except with a format whose template writes an empty
+    thinking block itself (thinking switched off): that block's close is the marker.
     """
     if require_thinking and not (thinking and thinking.strip()):
         raise ValueError(
             "require_thinking=True but no thinking text was given: pass thinking=... "
             "(the model's reasoning without the markers) or set require_thinking=False"
         )
-    head = _render_prompt(tokenizer, prompt, system, chat_template, plain_template)
-    # A template that already opens the thinking (R1-style) must not get a second opener.
-    opened = fmt.template_opens_thinking or head.rstrip().endswith(fmt.open)
-    if thinking is not None and not opened:
-        head += fmt.open + "\n"
-    think_text = thinking if thinking is not None else ""
-    marker_text = "\n" + fmt.close + "\n\n" if thinking is not None else ""
+    head = render_prompt(tokenizer, prompt, system, fmt, chat_template, plain_template)
     answer_text = answer if answer is not None else ""
+    if fmt.template_closes_thinking:
+        head, think_text, marker_text = _closed_by_template(head, thinking, fmt)
+        thinking = ""
+    elif thinking is not None:
+        # A template that already opens the thinking (R1-style) must not get a second opener.
+        opened = fmt.template_opens_thinking or head.rstrip().endswith(fmt.open)
+        head += "" if opened else fmt.opener
+        think_text, marker_text = thinking, fmt.marker
+    else:
+        think_text = marker_text = ""
+        if answer is not None:
+            head += fmt.answer_open  # e.g. harmony's final-channel header, counted as prompt
     pieces = [head, think_text, marker_text, answer_text]
     text = "".join(pieces)
     char_bounds, pos = [], 0
@@ -160,6 +135,27 @@ def build_trace(
     ):
         raise RuntimeError(f"spans {spans} do not tile [0, {len(input_ids)})")
     return Trace(text, input_ids, spans, prompt, thinking, answer)
+
+
+def _closed_by_template(
+    head: str, thinking: str | None, fmt: ThinkingFormat
+) -> tuple[str, str, str]:
+    """Split a generation prompt that ends with an empty thinking block into prompt and marker."""
+    if thinking:
+        raise ValueError(
+            "this format's template closes the thinking itself (thinking switched off), so a "
+            "trace cannot hold thinking text: pass thinking=None, or use the format with "
+            "thinking on (e.g. 'qwen3' instead of 'qwen3-no-think')"
+        )
+    m = re.search(r"\n*" + re.escape(fmt.close) + r"\s*$", head)
+    if m is None:
+        raise ValueError(
+            f"the format expects the chat template to end its generation prompt with "
+            f"{fmt.close!r} (an empty thinking block), but it does not: the template ignores "
+            f"{fmt.chat_kwargs or fmt.system_flag}. Use a format with thinking on, or a "
+            f"template that switches thinking off"
+        )
+    return head[: m.start()], "", head[m.start() :]
 
 
 def build_traces(
@@ -192,7 +188,8 @@ def split_response(
     if thinking is None and require_marker:
         raise ValueError(
             f"the trace has no closing thinking marker {fmt.close!r}: if this model ends its "
-            f"thinking differently pass fmt=ThinkingFormat(open=..., close=...), or "
+            f"thinking differently pass fmt=thinklens.formats.format_named(NAME) (names: "
+            f"{', '.join(FORMATS)}) or fmt=ThinkingFormat(open=..., close=...), or "
             f"require_marker=False to treat the whole response as the answer"
         )
     return thinking, answer

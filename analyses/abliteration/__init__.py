@@ -16,6 +16,11 @@ from thinklens.analyses.abliteration.metrics import (
     gsm8k_accuracy,
     load_gsm8k,
 )
+from thinklens.analyses.abliteration.objectives import (
+    REFUSAL_OBJECTIVES,
+    RefusalCounter,
+    RefusalObjective,
+)
 from thinklens.analyses.abliteration.search import (
     OBJECTIVES,
     SearchResult,
@@ -26,12 +31,15 @@ from thinklens.analyses.abliteration.search import (
 
 __all__ = [
     "OBJECTIVES",
+    "REFUSAL_OBJECTIVES",
     "AbliterationApplyConfig",
     "AbliterationDirectionsConfig",
     "AbliterationEvaluateConfig",
     "AbliterationExportConfig",
     "AbliterationSearchConfig",
     "AbliterationMetrics",
+    "RefusalCounter",
+    "RefusalObjective",
     "SearchResult",
     "count_refusals",
     "gsm8k_accuracy",

@@ -11,6 +11,7 @@ from thinklens.analyses.abliteration.search import search
 from thinklens.config import ModelConfig, default_of, option
 from thinklens.interventions.abliteration.directions import compute_directions
 from thinklens.interventions.abliteration.presets import PRESETS
+from thinklens.interventions.abliteration.protocol import READINGS
 from thinklens.interventions.abliteration.selection import select_direction
 
 _DIRECTIONS = "a directions artifact from `thinklens abliteration directions`"
@@ -36,6 +37,15 @@ class AbliterationDirectionsConfig(_Prompts):
     )
     winsorize_quantile: float | None = option(
         default_of(compute_directions, "winsorize_quantile"), help="e.g. 0.995"
+    )
+    reading: str = option(
+        default_of(compute_directions, "reading"),
+        choices=tuple(READINGS),
+        help="how prompts are read: thinklens, or a published tool's texts and positions",
+    )
+    response_prefix: str | None = option(
+        default_of(compute_directions, "response_prefix"),
+        help="the heretic reading's response prefix (default: detected on the model)",
     )
     select: bool = option(False, help="run Arditi et al.'s selection")
     n_val: int = option(32, help="validation prompts of each kind for the selection")
@@ -63,10 +73,24 @@ class _Evaluation(_Prompts):
         40, help="evaluation prompts of each kind (test split, held out from the directions)"
     )
     max_new_tokens: int = option(default_of(AbliterationMetrics.prepare, "max_new_tokens"))
+    xstest: str | None = option(
+        None, help="XSTest's xstest_prompts.csv (or its folder): also measure over-refusal"
+    )
+    n_xstest: int = option(50, help="XSTest safe prompts, in turn from each type")
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Edit(_Evaluation):
+class _Measured(_Evaluation):
+    """Evaluation prompts and the protocol they are measured with."""
+
+    metrics_protocol: Literal["thinklens", "published"] = option(
+        default_of(AbliterationMetrics.prepare, "protocol"),
+        help="published: Heretic's system prompt, response prefix, markers and first-token KL",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Edit(_Measured):
     """A weight edit: a preset of a published tool at a direction's layer and position."""
 
     directions: str | None = option(None, help=_DIRECTIONS)
@@ -75,6 +99,10 @@ class _Edit(_Evaluation):
     layer: float | None = option(None, help="stream point of the direction")
     pos: int | None = option(None, help="position of the direction (e.g. -1)")
     scale: float | None = option(None, help="edit weight (erisforge: -1..1)")
+    protocol: Literal["thinklens", "published"] | None = option(
+        None, help="published: the tool's released edit (positions, bf16 cast); default: preset's"
+    )
+    bias: bool = option(False, help="also edit the biases of edited matrices (no tool does)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,11 +135,20 @@ class AbliterationSearchConfig(_Evaluation):
         default_of(search, "protocol"),
         help="published: Heretic 1.4.0's space, edit, KL and refusal counting",
     )
+    refusal_objective: Literal["auto", "full", "answer", "probe", "first_token", "early_stop"] = (
+        option(
+            default_of(search, "refusal_objective"),
+            help="how a trial counts refusals (auto: answer after the own thinking when it thinks)",
+        )
+    )
+    answer_tokens: int = option(
+        default_of(search, "answer_tokens"), help="answer tokens judged (answer, early_stop)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
-class AbliterationExportConfig(_Evaluation):
-    """Export one trial of a search as a new model folder."""
+class AbliterationExportConfig(_Measured):
+    """Export one trial of a search as a new model folder, or as a PEFT adapter of MODEL."""
 
     directions: str = option(help=_DIRECTIONS)
     layer: float | None = option(None, help="stream point of the direction")
@@ -121,6 +158,12 @@ class AbliterationExportConfig(_Evaluation):
     study_name: str = option(default_of(search, "study_name"), help="the study in --storage")
     trial: int = option(help="the trial's number (see the Pareto front)")
     out: str = option(help="new model folder (must not exist)")
+    format: Literal["merged", "peft"] = option(
+        "merged", help="merged: the edit in the weights; peft: a LoRA adapter folder for MODEL"
+    )
+    lora_rank: int | None = option(
+        None, help="keep a norm-preserving edit as its rank-k change (Heretic: 3; peft needs it)"
+    )
     evaluate: bool = option(False, help="measure again, and put the metrics in the card")
     overwrite: bool = option(False, help="replace the folder at --out")
 

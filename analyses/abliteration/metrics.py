@@ -10,8 +10,13 @@
   reads, here on thinklens's texts; ``protocol="published"`` reads it on Heretic's). For
   a model that thinks first, that token is the thinking opener and says little, so the
   thinking-aware ``kl_answer`` also reads the first ANSWER token, after the base model's own
-  thinking (teacher-forced, the same text for both models).
+  thinking (teacher-forced: the tokens the base generated, the same for both models).
 - GSM8K: accuracy on a subset, by greedy generation and extraction of the last number.
+- Refusal counting (thinklens protocol): full generation by default; ``with_objective`` swaps
+  in a cheaper reading for searches on thinking models (``objectives``).
+- Over-refusal (optional): the refusal rate on safe prompts that sound unsafe (XSTest's safe
+  prompts, ``thinklens.xstest``), read the thinklens way under either protocol (chat template,
+  answer after the thinking, verdict rule): an edit that lowers refusals should not raise it.
 """
 
 from __future__ import annotations
@@ -20,12 +25,18 @@ import json
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from thinklens.analyses.abliteration.objectives import (
+    ANSWER_TOKENS,
+    RefusalCounter,
+    RefusalObjective,
+    check_refusal_objective,
+)
 from thinklens.evaluation import MarkerJudge, kl_divergence
 from thinklens.generation import generate
 from thinklens.interventions.abliteration.protocol import (
@@ -35,7 +46,7 @@ from thinklens.interventions.abliteration.protocol import (
     detect_response_prefix,
 )
 from thinklens.model import Model
-from thinklens.rollouts import answer_starts, model_thinks
+from thinklens.rollouts import answer_start_ids, model_thinks
 
 
 def count_refusals(
@@ -75,6 +86,62 @@ class AbliterationMetrics:
     batch_size: int = 16
     #: The harmful prompts laid out Heretic's way (``protocol="published"``), else None.
     harmful_texts: list[str] | None = None
+    #: The same answer starts as the exact tokens the base generated (``kl_answer`` reads them).
+    answer_ids: list[list[int]] | None = None
+    #: Safe prompts that sound unsafe (e.g. XSTest's), whose refusal rate is ``over_refusal``.
+    over_refusal_prompts: list[str] | None = None
+    base_over_refusals: int | None = None
+    #: How refusals are counted when not by full generation (``with_objective``).
+    counter: RefusalCounter | None = None
+
+    @property
+    def objective(self) -> RefusalObjective:
+        """How this object counts refusals (``objectives``)."""
+        return "full" if self.counter is None else self.counter.objective
+
+    def with_objective(
+        self, base: Model, objective: RefusalObjective, answer_tokens: int = ANSWER_TOKENS
+    ) -> AbliterationMetrics:
+        """A copy that counts refusals ``objective``'s way, its base refusals counted so too.
+
+        ``base`` is the unedited model these metrics were prepared on. The cheaper objectives
+        read the answer after the base model's thinking, so they need a model that thinks first
+        (metrics prepared with thinking) and the thinklens protocol.
+        """
+        check_refusal_objective(objective)
+        if objective == "full":
+            return (
+                replace(
+                    self,
+                    counter=None,
+                    base_refusals=count_refusals(
+                        base, self.harmful, self.max_new_tokens, self.batch_size, self.harmful_texts
+                    ),
+                )
+                if self.counter is not None
+                else self
+            )
+        if self.harmful_texts is not None:
+            raise ValueError(
+                f"objective={objective!r} reads the answer after the model's own thinking; the "
+                "published protocol counts Heretic's way: use objective='full' with it"
+            )
+        if self.answer_texts is None:
+            raise ValueError(
+                f"objective={objective!r} is for models that think first; these metrics were "
+                "prepared without thinking: use objective='full'"
+            )
+        counter = RefusalCounter.prepare(
+            base,
+            self.harmful,
+            objective,
+            self.max_new_tokens,
+            answer_tokens,
+            self.batch_size,
+            harmless_texts=self.answer_texts,
+            harmless_ids=self.answer_ids,
+        )
+        return replace(self, counter=counter, base_refusals=counter(base))
 
     @classmethod
     @torch.no_grad()
@@ -88,15 +155,41 @@ class AbliterationMetrics:
         batch_size: int = 16,
         protocol: Protocol = "thinklens",
         response_prefix: str | None = None,
+        over_refusal: Sequence[str] | None = None,
     ) -> AbliterationMetrics:
         """Measure the base model (``thinking``: None detects whether it thinks first).
 
         ``protocol="published"`` reads prompts as Heretic does (see the module); its response
         prefix is ``response_prefix``, or detected on the base model's answers to the first
-        100 harmless and 100 harmful prompts given.
+        100 harmless and 100 harmful prompts given. ``over_refusal``: safe prompts that sound
+        unsafe (e.g. ``xstest_prompts("safe", path, n)``); their refusal rate joins the metrics.
         """
         if not harmful or not harmless:
             raise ValueError("metrics need harmful and harmless prompts")
+        if over_refusal is not None and not over_refusal:
+            raise ValueError("over_refusal is empty: pass None to skip it, or some safe prompts")
+        metrics = cls._prepare(
+            base, harmful, harmless, thinking, max_new_tokens, batch_size, protocol, response_prefix
+        )
+        if over_refusal is not None:
+            metrics.over_refusal_prompts = list(over_refusal)
+            metrics.base_over_refusals = count_refusals(
+                base, over_refusal, max_new_tokens, batch_size
+            )
+        return metrics
+
+    @classmethod
+    def _prepare(
+        cls,
+        base: Model,
+        harmful: Sequence[str],
+        harmless: Sequence[str],
+        thinking: bool | None,
+        max_new_tokens: int,
+        batch_size: int,
+        protocol: Protocol,
+        response_prefix: str | None,
+    ) -> AbliterationMetrics:
         if protocol == "published":
             return cls._prepare_heretic(
                 base, harmful, harmless, max_new_tokens, batch_size, response_prefix
@@ -106,16 +199,20 @@ class AbliterationMetrics:
         if thinking is None:
             thinking = model_thinks(base, harmless)
         texts = [base.chat(p) for p in harmless]
-        answer_texts = answer_starts(base, harmless, max_new_tokens) if thinking else None
+        answer_ids = (
+            answer_start_ids(base, harmless, max_new_tokens, batch_size) if thinking else None
+        )
+        answer_texts = [base.tokenizer.decode(i) for i in answer_ids] if answer_ids else None
         return cls(
             harmful=list(harmful),
             harmless_texts=texts,
             base_logits=base.logits(texts, batch_size),
             answer_texts=answer_texts,
-            base_answer_logits=base.logits(answer_texts, batch_size) if thinking else None,
+            base_answer_logits=base.logits(answer_ids, batch_size) if thinking else None,
             base_refusals=count_refusals(base, harmful, max_new_tokens, batch_size),
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
+            answer_ids=answer_ids,
         )
 
     @classmethod
@@ -151,27 +248,55 @@ class AbliterationMetrics:
         )
 
     @torch.no_grad()
-    def kl(self, model: Model) -> dict[str, float]:
-        """KL(base || model) of the first generated token, and of the first answer token."""
-        out = dict(kl=float(kl_divergence(self.base_logits, model.logits(self.harmless_texts))))
-        if self.answer_texts is not None:
-            edited = model.logits(self.answer_texts, self.batch_size)
+    def kl(self, model: Model, keys: Sequence[str] | None = None) -> dict[str, float]:
+        """KL(base || model) of the first generated token, and of the first answer token
+        (``keys``: only those of ``"kl"``, ``"kl_answer"``; each is a forward pass)."""
+        out = {}
+        if keys is None or "kl" in keys:
+            base, edited = self.base_logits, model.logits(self.harmless_texts, self.batch_size)
+            out["kl"] = float(kl_divergence(base, edited))
+        if self.answer_texts is not None and (keys is None or "kl_answer" in keys):
+            edited = model.logits(self.answer_ids or self.answer_texts, self.batch_size)
             out["kl_answer"] = float(kl_divergence(self.base_answer_logits, edited))
         return out
 
+    def _over(self, n: int | None) -> dict[str, float]:
+        """``over_refusals`` and ``over_refusal`` (their rate), when the prompts were given."""
+        if self.over_refusal_prompts is None or n is None:
+            return {}
+        return dict(over_refusals=n, over_refusal=n / len(self.over_refusal_prompts))
+
     def base_row(self) -> dict[str, float]:
         """The base model's own metrics (what ``self(base)`` gives), from what ``prepare``
-        measured: its refusals, and KL(base || base) = 0, without generating again."""
+        measured: its refusals (and over-refusals), and KL(base || base) = 0, without
+        generating again."""
         kl = dict.fromkeys(["kl"] + (["kl_answer"] if self.answer_texts is not None else []), 0.0)
         n = self.base_refusals
-        return dict(refusals=n, refusal_rate=n / len(self.harmful)) | kl
-
-    def __call__(self, model: Model) -> dict[str, float]:
-        """Refusals, refusal rate, and the KL numbers of ``model``."""
-        n = count_refusals(
-            model, self.harmful, self.max_new_tokens, self.batch_size, self.harmful_texts
+        return (
+            dict(refusals=n, refusal_rate=n / len(self.harmful))
+            | kl
+            | self._over(self.base_over_refusals)
         )
-        return dict(refusals=n, refusal_rate=n / len(self.harmful)) | self.kl(model)
+
+    def __call__(self, model: Model, kl_keys: Sequence[str] | None = None) -> dict[str, float]:
+        """Refusals, refusal rate, the KL numbers (``kl_keys``: only those) and (with its
+        prompts) the over-refusal of ``model``."""
+        if self.counter is not None:
+            n = self.counter(model)
+        else:
+            n = count_refusals(
+                model, self.harmful, self.max_new_tokens, self.batch_size, self.harmful_texts
+            )
+        over = None
+        if self.over_refusal_prompts is not None:
+            over = count_refusals(
+                model, self.over_refusal_prompts, self.max_new_tokens, self.batch_size
+            )
+        return (
+            dict(refusals=n, refusal_rate=n / len(self.harmful))
+            | self.kl(model, kl_keys)
+            | self._over(over)
+        )
 
 
 # --- GSM8K ------------------------------------------------------------------------------------

@@ -20,6 +20,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from thinklens.analyses.abliteration.metrics import AbliterationMetrics
+from thinklens.analyses.abliteration.objectives import (
+    ANSWER_TOKENS,
+    THINKING_DEFAULT,
+    RefusalObjective,
+    check_refusal_objective,
+)
 from thinklens.interventions.abliteration.directions import RefusalDirections
 from thinklens.interventions.abliteration.heretic import HereticParams, heretic_plan, suggest
 from thinklens.interventions.abliteration.protocol import Protocol
@@ -65,7 +71,11 @@ def _table(trials: list) -> pd.DataFrame:
             | {k: round(v, 4) if isinstance(v, float) else v for k, v in t.params.items()}
         )
     df = pd.DataFrame(rows)
-    return df.sort_values(["refusal_ratio", "kl"] if not df.empty else [], ignore_index=True)
+    if df.empty:
+        return df
+    # The KL the search minimised: a trial records only that one (see ``search``).
+    kl = "kl_answer" if df["kl_answer"].notna().any() else "kl"
+    return df.sort_values(["refusal_ratio", kl], ignore_index=True)
 
 
 def objective_scores(
@@ -83,6 +93,14 @@ def objective_scores(
     return kl, ratio
 
 
+def _objective(asked: str, metrics: AbliterationMetrics, protocol: Protocol) -> RefusalObjective:
+    """The refusal objective ``asked`` resolves to (``"auto"``: see ``search``)."""
+    if asked == "auto":
+        thinks = metrics.answer_texts is not None and protocol != "published"
+        return THINKING_DEFAULT if thinks else "full"
+    return check_refusal_objective(asked)
+
+
 def search(
     model: Model,
     directions: RefusalDirections,
@@ -98,6 +116,8 @@ def search(
     n_ei_candidates: int = 128,
     kl_target: float | None = None,
     protocol: Protocol = "thinklens",
+    refusal_objective: RefusalObjective | str = "auto",
+    answer_tokens: int = ANSWER_TOKENS,
 ) -> SearchResult:
     """Run (or resume) Heretic's search until the study holds ``n_trials`` finished trials.
 
@@ -119,10 +139,17 @@ def search(
             (``suggest``) and writes its edit (``heretic_plan``: rank-3 approximation, with
             directions read the Heretic way); measure with ``AbliterationMetrics.prepare(...,
             protocol="published")`` for Heretic's KL and refusal counts.
+        refusal_objective: how a trial counts refusals (``objectives``): ``"auto"`` is
+            ``"answer"`` for a model that thinks first (its own thinking teacher-forced under
+            the edit, then ``answer_tokens`` answer tokens judged) and ``"full"`` generation
+            otherwise, and always under ``protocol="published"``. ``"full"`` is one flag away.
     Heretic's default seed is random; thinklens's is 0, so a search repeats.
     """
     if protocol == "published" and kl_target is None:
         kl_target = 0.01
+    objective = _objective(refusal_objective, metrics, protocol)
+    if objective != metrics.objective:
+        metrics = metrics.with_objective(model, objective, answer_tokens)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -146,10 +173,17 @@ def search(
         study.set_user_attr("model_fingerprint", fingerprint)
         study.set_user_attr("model", model.name)
         study.set_user_attr("base_refusals", metrics.base_refusals)
+        study.set_user_attr("refusal_objective", objective)
     elif owner != fingerprint:
         raise ValueError(
             f"study {study_name!r} in {storage} belongs to {study.user_attrs.get('model')} "
             f"(weights {owner}), not {model.name} ({fingerprint}): use another storage or name"
+        )
+    counted = study.user_attrs.get("refusal_objective", "full")
+    if counted != objective:
+        raise ValueError(
+            f"study {study_name!r} counted refusals with objective {counted!r}, not "
+            f"{objective!r}: resume it with refusal_objective={counted!r}, or start another study"
         )
     if kl_objective not in ("auto", "kl", "kl_answer"):
         raise ValueError(f"kl_objective={kl_objective!r}: use 'auto', 'kl' or 'kl_answer'")
@@ -163,7 +197,8 @@ def search(
         params = suggest(trial, model.n_layers, protocol)
         target = reload() if reload is not None else model
         with edited(target, heretic_plan(target, directions, params, protocol)):
-            m = metrics(target)
+            # Only the KL the objective reads: each one is a forward pass over the prompts.
+            m = metrics(target, kl_keys=[kl_key])
         trial.set_user_attr("params", json.dumps(params.to_dict()))
         for k, v in m.items():
             trial.set_user_attr(k, v)

@@ -62,4 +62,6 @@ class CliffScoreConfig(ModelConfig):
     tokens: str | None = option(None, help="also write every token's score here")
     k: int = option(default_of(cliff_table, "k"), help="tail length in tokens")
     limit: int | None = option(None, help="traces read")
-    batch_size: int = option(default_of(score_tokens, "batch_size"), help="traces per pass")
+    batch_size: int | None = option(
+        default_of(score_tokens, "batch_size"), help="traces per pass (default: from free memory)"
+    )

@@ -5,7 +5,9 @@ position, judges them (refusal read in the answer, after the thinking) and repor
 
 - ``asr``: fraction of harmful prompts answered without a refusal (1 - ``refusal_rate``);
 - ``harmless_refusal_rate``: refusals of harmless prompts under the same ablation;
-- ``kl``: KL(base || ablated) of the first answer-token distribution on harmless prompts.
+- ``kl``: KL(base || ablated) of the first answer-token distribution on harmless prompts;
+- ``over_refusal`` (when ``over_refusal`` prompts are given, e.g. XSTest's safe prompts from
+  ``thinklens.xstest``): refusals of safe prompts that sound unsafe under the same ablation.
 
 ``ablation_study`` runs that for the top heads of each ranking and for random head sets of
 the same size (the control), next to the unablated model.
@@ -66,16 +68,19 @@ class AblationResult:
     kl: float
     harmful_responses: list[str] = field(repr=False, default_factory=list)
     harmless_responses: list[str] = field(repr=False, default_factory=list)
+    over_refusal: float | None = None
+    over_refusal_responses: list[str] = field(repr=False, default_factory=list)
 
     def row(self) -> dict[str, float | int]:
-        """The metrics as a flat dict (a table row)."""
-        return dict(
+        """The metrics as a flat dict (a table row; ``over_refusal`` only when measured)."""
+        row = dict(
             n_heads=len(self.heads),
             asr=self.asr,
             refusal_rate=self.refusal_rate,
             harmless_refusal_rate=self.harmless_refusal_rate,
             kl=self.kl,
         )
+        return row if self.over_refusal is None else row | dict(over_refusal=self.over_refusal)
 
 
 def first_token_logits(
@@ -99,6 +104,7 @@ def evaluate_ablation(
     base_logits: Float[Tensor, "batch vocab"] | None = None,
     seed: int = 0,
     temperature: float = 0.0,
+    over_refusal: Sequence[str] | None = None,
 ) -> AblationResult:
     """Generate under the ablation of ``heads`` (none: the base model) and judge the answers.
 
@@ -108,6 +114,7 @@ def evaluate_ablation(
             ``zero`` or ``mean`` (needs ``means``, see ``thinklens.head_means``).
         judge: decides refusals (default: refusal markers in the answer after the thinking).
         base_logits: ``first_token_logits(model, harmless)``, to reuse across calls.
+        over_refusal: safe prompts that sound unsafe; their refusal rate is ``over_refusal``.
     """
     if not harmful or not harmless:
         raise ValueError("give harmful and harmless prompts: ASR needs one, the damage the other")
@@ -121,9 +128,12 @@ def evaluate_ablation(
         bad = generate(model, list(harmful), temperature=temperature, **kw)
         good = generate(model, list(harmless), temperature=temperature, **kw)
         logits = first_token_logits(model, harmless, batch_size)
+        safe = list(over_refusal or [])
+        over = generate(model, safe, temperature=temperature, **kw) if safe else []
     refused = judge(list(harmful), bad)
     harmless_refused = judge(list(harmless), good)
     refusal_rate = sum(map(bool, refused)) / len(refused)
+    over_refused = judge(safe, over) if safe else []
     return AblationResult(
         heads=sorted(pairs),
         asr=1.0 - refusal_rate,
@@ -132,6 +142,8 @@ def evaluate_ablation(
         kl=float(kl_divergence(base_logits, logits)),
         harmful_responses=bad,
         harmless_responses=good,
+        over_refusal=sum(map(bool, over_refused)) / len(over) if safe else None,
+        over_refusal_responses=over,
     )
 
 
@@ -153,12 +165,13 @@ def ablation_study(
     max_new_tokens: int = 128,
     batch_size: int = 16,
     means: Mapping[int, Tensor] | None = None,
+    over_refusal: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """ASR of the base model, of each ranking's top heads, and of random heads of equal number.
 
     One row per condition: ``condition`` (``none``, a ranking's name, or ``random``), ``seed``
     (random heads only), ``n_heads``, ``asr``, ``refusal_rate``, ``harmless_refusal_rate``,
-    ``kl`` and ``heads`` (as ``"L.H"`` names).
+    ``kl``, ``over_refusal`` (with ``over_refusal`` prompts) and ``heads`` (as ``"L.H"`` names).
     """
     n = head_count(model.n_layers * model.n_heads, k, fraction)
     if mode == "mean" and means is None:
@@ -171,6 +184,7 @@ def ablation_study(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         base_logits=base,
+        over_refusal=over_refusal,
     )
     conditions: list[tuple[str, int | None, list[tuple[int, int]]]] = [("none", None, [])]
     conditions += [(name, None, s.top(n)) for name, s in rankings.items()]
@@ -189,6 +203,7 @@ def ablation_study(
 def summarize_study(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and spread of each condition (random seeds pooled)."""
     metrics = ["asr", "refusal_rate", "harmless_refusal_rate", "kl"]
+    metrics += ["over_refusal"] if "over_refusal" in table else []
     g = table.groupby("condition", sort=False)[metrics]
     out = g.mean().add_suffix("_mean").join(g.std(ddof=0).add_suffix("_sd"))
     return out.join(table.groupby("condition", sort=False).size().rename("runs")).reset_index()

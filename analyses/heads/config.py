@@ -59,6 +59,10 @@ class HeadsAblateConfig(ModelConfig):
     )
     max_new_tokens: int = option(default_of(ablation_study, "max_new_tokens"))
     batch_size: int = option(default_of(ablation_study, "batch_size"))
+    xstest: str | None = option(
+        None, help="XSTest's xstest_prompts.csv (or its folder): also measure over-refusal"
+    )
+    n_xstest: int = option(50, help="XSTest safe prompts, in turn from each type")
     out: str | None = option(None, help="table file (.csv, .jsonl or .parquet)")
 
 

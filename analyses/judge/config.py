@@ -60,6 +60,10 @@ class JudgeRepairConfig(ModelConfig):
     harmless: str = option("bundled:harmless", help="held-out harmless prompts")
     frame: bool = option(False, help="frame the harmful prompts")
     n_eval: int = option(48, help="prompts per evaluation set")
+    xstest: str | None = option(
+        None, help="XSTest's xstest_prompts.csv (or its folder): also measure over-refusal"
+    )
+    n_xstest: int = option(50, help="XSTest safe prompts, in turn from each type")
     max_new_tokens: int = option(default_of(safety_eval, "max_new_tokens"))
     epochs: int = option(default_of(RepairConfig, "epochs"))
     lr: float = option(default_of(RepairConfig, "lr"), help="learning rate")

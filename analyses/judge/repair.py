@@ -4,7 +4,8 @@ of selection methods at equal sizes (the published figure: ASR against the share
 ASR is the fraction of harmful prompts whose answer does not refuse (``is_refusal`` reads the
 answer after the thinking; an empty or unfinished answer counts as a refusal). Harmless refusal
 rate is the fraction of harmless prompts refused: a repair that makes the model refuse
-everything is not a repair.
+everything is not a repair. Over-refusal (optional) is the same on safe prompts that sound
+unsafe (XSTest's safe prompts, ``thinklens.xstest``), the harder test of that.
 """
 
 from __future__ import annotations
@@ -99,24 +100,31 @@ def safety_eval(
     batch_size: int = 16,
     judge: Judge | None = None,
     progress: bool = False,
+    over_refusal: Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """ASR on harmful prompts and refusal rate on harmless ones (greedy answers)."""
+    """ASR on harmful prompts and refusal rate on harmless ones (greedy answers), and with
+    ``over_refusal`` prompts (safe ones that sound unsafe) their refusal rate."""
     if not harmful or not harmless:
         raise ValueError("safety_eval needs harmful and harmless prompts (both non-empty)")
     judge = judge or MarkerJudge(fmt=model.thinking)
     out: dict[str, float] = {}
-    for name, prompts in (("harmful", list(harmful)), ("harmless", list(harmless))):
+    sets = [("harmful", list(harmful)), ("harmless", list(harmless))]
+    sets += [("over", list(over_refusal))] if over_refusal else []
+    for name, prompts in sets:
         responses = generate(
             model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
         )
         refused = judge(prompts, responses)
         out[name] = sum(refused) / len(refused)
-    return dict(
+    res = dict(
         asr=1 - out["harmful"],
         harmless_refusal=out["harmless"],
         n_harmful=len(harmful),
         n_harmless=len(harmless),
     )
+    if over_refusal:
+        res |= dict(over_refusal=out["over"], n_over_refusal=len(over_refusal))
+    return res
 
 
 def compare_methods(
@@ -130,8 +138,10 @@ def compare_methods(
     config: RepairConfig | None = None,
     max_new_tokens: int = 96,
     progress: bool = True,
+    over_refusal: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """ASR and harmless refusal after repair, per method, share of data and seed.
+    """ASR and harmless refusal (and over-refusal, with ``over_refusal`` prompts) after repair,
+    per method, share of data and seed.
 
     Every method selects the same number of candidates at each fraction. ``seeds`` drive the
     random subsets and the LoRA initialisation; a ranking method (``cliff``, ``proxy``) selects
@@ -139,7 +149,7 @@ def compare_methods(
     (method ``none``, fraction 0) is the model before repair.
     """
     cfg = config or RepairConfig()
-    base = safety_eval(model, harmful, harmless, max_new_tokens)
+    base = safety_eval(model, harmful, harmless, max_new_tokens, over_refusal=over_refusal)
     rows = [dict(method="none", fraction=0.0, size=0, seed=None, **base, final_loss=None)]
     runs = [(m, f, s) for f in fractions for m in methods for s in seeds]
     bar = tqdm(runs, desc="compare", unit="repair", disable=not progress)
@@ -147,7 +157,7 @@ def compare_methods(
         bar.set_postfix(method=method, fraction=fraction, seed=seed)
         chosen = select(scored_pool, method, fraction=fraction, seed=seed)
         fixed = repair(model, chosen, replace(cfg, seed=seed), progress=False)
-        res = safety_eval(fixed.model, harmful, harmless, max_new_tokens)
+        res = safety_eval(fixed.model, harmful, harmless, max_new_tokens, over_refusal=over_refusal)
         tail = fixed.losses[-3:]
         rows.append(
             dict(
@@ -165,16 +175,14 @@ def compare_methods(
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation of ASR and harmless refusal per method and fraction."""
+    """Mean and standard deviation of ASR, harmless refusal (and over-refusal, when measured)
+    per method and fraction."""
     g = results.groupby(["method", "fraction", "size"], sort=False)
-    out = g.agg(
-        runs=("asr", "size"),
-        asr_mean=("asr", "mean"),
-        asr_sd=("asr", "std"),
-        harmless_refusal_mean=("harmless_refusal", "mean"),
-        harmless_refusal_sd=("harmless_refusal", "std"),
-    )
-    return out.reset_index()
+    cols = ["asr", "harmless_refusal"] + (["over_refusal"] if "over_refusal" in results else [])
+    stats = {"runs": ("asr", "size")}
+    for c in cols:
+        stats |= {f"{c}_mean": (c, "mean"), f"{c}_sd": (c, "std")}
+    return g.agg(**stats).reset_index()
 
 
 def plot_repair(results: pd.DataFrame, title: str = "ASR after repair") -> go.Figure:

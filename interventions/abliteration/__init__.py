@@ -4,13 +4,16 @@ Artifact).
 
 ``compute_directions`` -> ``select_direction`` (Arditi et al.) -> ``directional_ablation`` at
 inference, or ``apply(model, preset, directions)`` for a new model with edited weights
-(``arditi``, ``failspy``, ``deccp``, ``erisforge``, ``heretic``), and ``export`` to save it.
+(``arditi``, ``failspy``, ``deccp``, ``erisforge``, ``heretic``), and ``export`` to save it;
+``adapted(model, plan(...))`` runs a plan as low-rank adapters (no weight written) and
+``save_adapter`` saves it as a PEFT LoRA folder.
 ``protocol="published"`` (``deccp``, ``erisforge``, ``heretic``) reproduces a tool's released
 protocol, with directions of its reading (``compute_directions(..., reading="heretic")``);
 ``detect_response_prefix`` and ``chat_text`` give Heretic's prompt texts to metrics.
 """
 
 from thinklens.interventions.abliteration.ablation import PlanHooks, directional_ablation
+from thinklens.interventions.abliteration.adapters import PlanAdapter, adapted, save_adapter
 from thinklens.interventions.abliteration.directions import RefusalDirections, compute_directions
 from thinklens.interventions.abliteration.export import export
 from thinklens.interventions.abliteration.heretic import HereticParams, Kernel, heretic_plan
@@ -51,11 +54,13 @@ __all__ = [
     "Kernel",
     "MatrixEdit",
     "NoCandidate",
+    "PlanAdapter",
     "PlanHooks",
     "Preset",
     "Protocol",
     "Reading",
     "RefusalDirections",
+    "adapted",
     "apply",
     "chat_text",
     "choose",
@@ -70,5 +75,6 @@ __all__ = [
     "layer_band",
     "plan",
     "preset_direction",
+    "save_adapter",
     "select_direction",
 ]

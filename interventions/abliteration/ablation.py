@@ -44,6 +44,14 @@ class PlanHooks(Edit):
                     "a norm-preserving, rounded or low-rank edit has no hook form: apply it to "
                     "weights"
                 )
+            experts = model.family.experts
+            if e.kind == "experts" and not e.bias and experts is not None and experts.down_bias:
+                # The hook sees the routed sum, biases included; keeping them would need the
+                # routing weights of every token.
+                raise ValueError(
+                    f"{model.name}'s experts have biases, which a hook on their routed sum "
+                    "cannot keep: plan with bias=True, or write the edit into the weights"
+                )
             module = resolve_module(model, model.hf, e.module)  # the engine's clear errors
             r = e.direction.to(torch.float64)
             bias = getattr(module, "bias", None)

@@ -3,7 +3,8 @@
 The folder loads back with plain transformers (``AutoModelForCausalLM.from_pretrained``). It
 is written to a temporary folder next to the target and renamed into place, so a failed
 export leaves nothing half-written; an existing folder is refused unless ``overwrite``, and
-the folder a model was loaded from is refused always.
+the folder a model was loaded from is refused always (``write_folder``). The same plan can be
+saved instead as a PEFT LoRA adapter of the unedited model: ``adapters.save_adapter``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ thinklens (`{preset}` preset: {description}).
 
 ## Method
 - preset: `{preset}`
-- matrices edited: {n_matrices} (layers {layers}){embedding}
+- matrices edited: {n_matrices} (layers {layers}){embedding}{experts}
 - norm-preserving rows: {norm_preserving}
 - protocol: {protocol}
 - biases edited: {biases}
@@ -82,6 +84,17 @@ def _protocol(edit: dict[str, Any]) -> str:
     return out
 
 
+def _experts(edit: dict[str, Any]) -> str:
+    """The card's note on mixture-of-experts layers, where the edit reached them."""
+    layers = edit.get("expert_layers")
+    if not layers:
+        return ""
+    return (
+        f"; in the mixture-of-experts layers ({_layer_ranges(layers)}) every routed "
+        "expert's down matrix and any shared expert's"
+    )
+
+
 def edited_model_card(model: Model, folder: Path, metrics: dict[str, Any] | None = None) -> str:
     """The README of an exported edited model."""
     edit = getattr(model.hf, "thinklens_edit", None)
@@ -100,6 +113,7 @@ def edited_model_card(model: Model, folder: Path, metrics: dict[str, Any] | None
         embedding=" and the token embedding (untied from the unembedding)"
         if edit["embedding"]
         else "",
+        experts=_experts(edit),
         norm_preserving="yes" if edit["norm_preserving"] else "no",
         protocol=_protocol(edit),
         biases="yes" if edit.get("biases_edited") else "no",
@@ -110,28 +124,21 @@ def edited_model_card(model: Model, folder: Path, metrics: dict[str, Any] | None
     )
 
 
-def export(
-    model: Model,
-    out: str | Path,
-    metrics: dict[str, Any] | None = None,
-    overwrite: bool = False,
+def write_folder(
+    out: str | Path, fill: Callable[[Path], None], overwrite: bool = False, source: Any = None
 ) -> Path:
-    """Save an edited model (weights, tokenizer, model card, ``thinklens.json``) to ``out``."""
+    """Write the folder ``out`` atomically: ``fill`` writes into a temporary folder beside it,
+    which is then renamed into place; ``source`` is the module whose load folder is refused."""
     out = Path(out).expanduser().resolve()
-    source = Path(str(getattr(model.hf, "name_or_path", "") or "")).expanduser()
-    if source.is_dir() and source.resolve() == out:
+    loaded = Path(str(getattr(source, "name_or_path", "") or "")).expanduser()
+    if loaded.is_dir() and loaded.resolve() == out:
         raise ValueError(f"{out} is the folder the source model was loaded from: choose another")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose a new folder or pass overwrite=True")
-    card = edited_model_card(model, out, metrics)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        model.hf.save_pretrained(tmp, safe_serialization=True)
-        model.tokenizer.save_pretrained(tmp)
-        (tmp / "README.md").write_text(card)
-        info = dict(model.hf.thinklens_edit, metrics=metrics or {}, name=model.name)
-        (tmp / "thinklens.json").write_text(json.dumps(info, indent=1, default=str))
+        fill(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -139,3 +146,22 @@ def export(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def export(
+    model: Model,
+    out: str | Path,
+    metrics: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Save an edited model (weights, tokenizer, model card, ``thinklens.json``) to ``out``."""
+    card = edited_model_card(model, Path(out).expanduser().resolve(), metrics)
+
+    def fill(tmp: Path) -> None:
+        model.hf.save_pretrained(tmp, safe_serialization=True)
+        model.tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(card)
+        info = dict(model.hf.thinklens_edit, metrics=metrics or {}, name=model.name)
+        (tmp / "thinklens.json").write_text(json.dumps(info, indent=1, default=str))
+
+    return write_folder(out, fill, overwrite, model.hf)

@@ -5,7 +5,9 @@ The weight of layer ``i`` for one component (attention output or MLP down projec
 else 0. The direction of layer ``i`` is the one read at its output (stream point ``i + 1``);
 a float ``direction_index`` d instead takes one direction for all layers, interpolated at
 point ``d + 1``. Directions are unit and, by default, projected against the harmless mean;
-rows are edited norm-preserving. Biases are left alone unless asked for.
+rows are edited norm-preserving. Biases are left alone unless asked for. On a
+mixture-of-experts layer the MLP weight applies to every expert's down matrix and the shared
+experts' down projection.
 
 Two protocols. ``"thinklens"`` writes the norm-preserving edit into the weights exactly, with
 directions of any reading. ``"published"`` reproduces what Heretic v1.4.0 stores: directions
@@ -23,12 +25,11 @@ from typing import Any
 from torch import Tensor
 
 from thinklens.interventions.abliteration.directions import RefusalDirections
+from thinklens.interventions.abliteration.experts import COMPONENTS, layer_writes
 from thinklens.interventions.abliteration.matrix import MatrixEdit
 from thinklens.interventions.abliteration.protocol import READINGS, Protocol, check_reading
 from thinklens.interventions.edits import unit_direction
 from thinklens.model import Model
-
-COMPONENTS = ("attn", "mlp")
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,6 @@ def heretic_plan(
     """The matrix edits of one Heretic setting (``bias``: also edit output biases)."""
     if protocol not in ("thinklens", "published"):
         raise ValueError(f"protocol={protocol!r}: use 'thinklens' or 'published'")
-    fam = model.family
     per_point, fixed = None, None
     if isinstance(directions, Tensor):
         fixed = unit_direction(directions, model)  # one vector: used at every layer
@@ -149,22 +149,19 @@ def heretic_plan(
     rank = params.lora_rank
     if rank is None and protocol == "published" and params.norm_preserving:
         rank = 3  # Heretic's LoRA rank for its full row normalisation
+    kw = dict(
+        norm_preserving=params.norm_preserving,
+        bias=bias,
+        low_rank=rank if params.norm_preserving else None,
+        seed=params.seed,
+    )
     edits = []
     for l in range(model.n_layers):
-        for c, rel in zip(COMPONENTS, (fam.o_proj, fam.mlp_out_proj), strict=True):
+        for c, writes in layer_writes(model, l).items():
             w = getattr(params, c).weight(l)
             if w == 0:
                 continue
             r = fixed if fixed is not None else per_point[l + 1]
-            edits.append(
-                MatrixEdit(
-                    f"{fam.layers}.{l}.{rel}",
-                    r,
-                    w,
-                    norm_preserving=params.norm_preserving,
-                    bias=bias,
-                    low_rank=rank if params.norm_preserving else None,
-                    seed=params.seed,
-                )
-            )
+            # One weight per component: every expert's down matrix gets the MLP's.
+            edits += [MatrixEdit(path, r, w, kind, **kw) for path, kind in writes]
     return edits

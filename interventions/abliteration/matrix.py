@@ -1,8 +1,9 @@
 """The matrix edit: which matrix, which unit direction, which weight, and how it is written.
 
 ``W <- W - w r r^T W`` for a matrix writing into the residual stream (rows of the embedding:
-``E <- E - w E r r^T``), in float64, optionally norm-preserving (Heretic's row form). Presets
-(``presets``) make lists of these; ``weights`` applies them to a model.
+``E <- E - w E r r^T``), in float64, optionally norm-preserving (Heretic's row form). Fused
+mixture-of-experts matrices (``[expert, ...]``, see ``experts``) get the same edit, expert by
+expert. Presets (``presets``) make lists of these; ``weights`` applies them to a model.
 
 Three options reproduce what the published tools store, beside the exact edit:
 
@@ -21,12 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from thinklens.interventions.abliteration.experts import Kind, fused_experts
 from thinklens.model import Model, get_path
 
 
@@ -35,13 +36,15 @@ class MatrixEdit:
     """Remove ``weight`` times the unit ``direction`` from what one matrix writes.
 
     ``module`` is a path from the top module (from the family table); ``kind`` is ``"embed"``
-    for the token embedding, ``"write"`` for a projection whose output is the residual stream.
+    for the token embedding, ``"write"`` for a projection whose output is the residual stream,
+    ``"experts"`` for every expert's down matrix of a fused experts module (and, with
+    ``bias``, their biases).
     """
 
     module: str
     direction: Float[Tensor, " d_model"]
     weight: float = 1.0
-    kind: Literal["embed", "write"] = "write"
+    kind: Kind = "write"
     norm_preserving: bool = False
     bias: bool = False
     round_to: torch.dtype | None = None
@@ -55,7 +58,8 @@ class MatrixEdit:
 
 
 def resolve_module(model: Model, root: nn.Module, path: str) -> nn.Module:
-    """The module at a family-table path that owns a dense weight, or a clear error."""
+    """The module at a family-table path that owns a dense weight or fused expert matrices,
+    or a clear error."""
     try:
         module = get_path(root, path)
     except (AttributeError, IndexError, KeyError, TypeError):
@@ -64,71 +68,123 @@ def resolve_module(model: Model, root: nn.Module, path: str) -> nn.Module:
             f"in {model.name}: its architecture differs from that row; add a row for it to "
             "thinklens.families.FAMILIES"
         ) from None
-    if not isinstance(getattr(module, "weight", None), Tensor):
+    if not isinstance(getattr(module, "weight", None), Tensor) and not fused_experts(model, module):
         raise ValueError(
-            f"{path} in {model.name} is a {type(module).__name__} without a single weight "
-            "matrix (e.g. mixture-of-experts): weight edits support dense projections only"
+            f"{path} in {model.name} is a {type(module).__name__} with neither a weight matrix "
+            f"nor the fused expert matrices the {model.family.name!r} row names: give the row "
+            "its Experts (thinklens.families) or point it at the matrix that writes"
         )
     return module
 
 
-def _as_out_in(model: Model, edit: MatrixEdit, weight: Tensor) -> Tensor:
-    """The weight as ``[d_model, d_in]`` (write) or ``[vocab, d_model]`` (embed), float64."""
-    w = weight.detach().to(torch.float64)
-    if edit.kind == "write" and model.family.conv1d:
-        w = w.T  # GPT-2 stores Conv1D weights as [in, out]
-    dim = 1 if edit.kind == "embed" else 0
-    if w.shape[dim] != model.d_model:
+def edit_tensors(model: Model, module: nn.Module, edit: MatrixEdit) -> tuple[Tensor, Tensor | None]:
+    """The matrix an edit writes to and its bias (None without one)."""
+    if edit.kind != "experts":
+        bias = getattr(module, "bias", None)
+        return module.weight, bias if isinstance(bias, Tensor) else None
+    fused = fused_experts(model, module)
+    if fused is None:
+        raise ValueError(
+            f"{edit.module} in {model.name} holds no fused expert matrices where the "
+            f"{model.family.name!r} row says: check its Experts (thinklens.families)"
+        )
+    return fused
+
+
+def _transposed(model: Model, edit: MatrixEdit) -> bool:
+    """Whether the matrix is stored ``[d_in, d_model]`` (GPT-2's Conv1D, gpt-oss's experts)."""
+    if edit.kind == "experts":
+        return model.family.experts.transposed
+    return edit.kind == "write" and model.family.conv1d
+
+
+def stream_axis(model: Model, edit: MatrixEdit, weight: Tensor) -> int:
+    """The axis of ``weight`` as stored that runs along the residual stream (-1 or -2), or a
+    clear error when it is not ``d_model`` long."""
+    axis = -1 if edit.kind == "embed" or _transposed(model, edit) else -2
+    if weight.shape[axis] != model.d_model:
         raise ValueError(
             f"{edit.module} has weight shape {tuple(weight.shape)}, which does not write into "
             f"a residual stream of width {model.d_model}: the family row names the wrong matrix"
         )
-    return w
+    return axis
+
+
+def as_out_in(model: Model, edit: MatrixEdit, weight: Tensor) -> Tensor:
+    """The weight as ``[(expert,) d_model, d_in]`` (write, experts) or ``[vocab, d_model]``
+    (embed), float64."""
+    stream_axis(model, edit, weight)
+    w = weight.detach().to(torch.float64)
+    return w.transpose(-1, -2) if _transposed(model, edit) else w
+
+
+def _remove(w: Tensor, r: Tensor, scale: float) -> Tensor:
+    """``W - scale r r^T W`` for one matrix or a stack of them."""
+    return w - scale * r[:, None] * (r @ w)[..., None, :]
 
 
 def edited_weight(
-    w: Float[Tensor, "d_model d_in"], r: Float[Tensor, " d_model"], scale: float, norm: bool
-) -> Float[Tensor, "d_model d_in"]:
-    """``W - scale r r^T W``; with ``norm``, the norm-preserving form: rows (one per output
-    coordinate) are unit-normalised, edited, renormalised and given back their norms."""
+    w: Float[Tensor, "*expert d_model d_in"], r: Float[Tensor, " d_model"], scale: float, norm: bool
+) -> Float[Tensor, "*expert d_model d_in"]:
+    """``W - scale r r^T W`` (each matrix of a stack); with ``norm``, the norm-preserving form:
+    rows (one per output coordinate) are unit-normalised, edited, renormalised and given back
+    their norms."""
     if not norm:
-        return w - scale * torch.outer(r, r @ w)
-    norms = w.norm(dim=1, keepdim=True)
-    unit = w / norms.clamp(min=torch.finfo(w.dtype).tiny)
-    unit = unit - scale * torch.outer(r, r @ unit)
-    return unit / unit.norm(dim=1, keepdim=True).clamp(min=torch.finfo(w.dtype).tiny) * norms
+        return _remove(w, r, scale)
+    norms = w.norm(dim=-1, keepdim=True)
+    unit = _remove(w / norms.clamp(min=torch.finfo(w.dtype).tiny), r, scale)
+    return unit / unit.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(w.dtype).tiny) * norms
 
 
-def low_rank_delta(
+def low_rank_factors(
     delta: Float[Tensor, "d_out d_in"], rank: int, seed: int
-) -> Float[Tensor, "d_out d_in"]:
-    """The rank-``rank`` approximation ``U S V^T`` of ``delta`` by seeded ``svd_lowrank``
-    (float32); the caller's RNG state is left as it was."""
+) -> tuple[Float[Tensor, "d_out rank"], Float[Tensor, "rank d_in"]]:
+    """``(U S^1/2, S^1/2 V^T)``: the factors of the rank-``rank`` approximation of ``delta`` by
+    seeded ``svd_lowrank`` (float32); the caller's RNG state is left as it was."""
     with torch.random.fork_rng(devices=[]):
         # svd_lowrank draws its random projection from the global RNG: seeding it right
         # before the call makes the same delta always give the same approximation.
         torch.manual_seed(seed)
         u, s, v = torch.svd_lowrank(delta.to(torch.float32), q=2 * rank + 4, niter=6)
     root = torch.sqrt(s[:rank])
-    return (u[:, :rank] * root) @ (root[:, None] * v[:, :rank].T)
+    return u[:, :rank] * root, root[:, None] * v[:, :rank].T
+
+
+def low_rank_delta(
+    delta: Float[Tensor, "d_out d_in"], rank: int, seed: int
+) -> Float[Tensor, "d_out d_in"]:
+    """The rank-``rank`` approximation of ``delta``: the product of ``low_rank_factors``."""
+    b, a = low_rank_factors(delta, rank, seed)
+    return b @ a
+
+
+def exact_weight(
+    edit: MatrixEdit, w: Float[Tensor, "*expert d_out d_in"], r: Float[Tensor, " d_model"]
+) -> Float[Tensor, "*expert d_out d_in"]:
+    """The edited matrix (``as_out_in`` view, float64) before any low-rank approximation or
+    rounding."""
+    if edit.kind == "embed":
+        return w - edit.weight * torch.outer(w @ r, r)
+    return edited_weight(w, r, edit.weight, edit.norm_preserving)
 
 
 def new_weight(model: Model, edit: MatrixEdit, weight: Tensor) -> Tensor:
     """The edited weight in ``weight``'s own layout and dtype."""
     r = edit.direction.to(torch.float64).to(weight.device)
-    w = _as_out_in(model, edit, weight)
-    if edit.kind == "embed":
-        new = w - edit.weight * torch.outer(w @ r, r)
-    else:
-        new = edited_weight(w, r, edit.weight, edit.norm_preserving)
+    w = as_out_in(model, edit, weight)
+    new = exact_weight(edit, w, r)
     if edit.low_rank is not None:
-        delta = low_rank_delta(new - w, edit.low_rank, edit.seed)
+        change = new - w
+        if change.dim() == 3:  # one adapter per expert
+            delta = torch.stack([low_rank_delta(d, edit.low_rank, edit.seed) for d in change])
+        else:
+            delta = low_rank_delta(change, edit.low_rank, edit.seed)
         # Merged like a LoRA adapter: the change is cast to the weight's dtype, then added.
         new = w.to(weight.dtype) + delta.to(weight.dtype)
     if edit.round_to is not None:
         new = new.to(edit.round_to)
-    if edit.kind == "write" and model.family.conv1d:
-        new = new.T
+    if _transposed(model, edit):
+        new = new.transpose(-1, -2)
     return new.to(weight.dtype)
 
 
@@ -136,22 +192,20 @@ def new_weight(model: Model, edit: MatrixEdit, weight: Tensor) -> Tensor:
 def write_edit(model: Model, root: nn.Module, edit: MatrixEdit) -> None:
     """Write one edit into the weight (and, with ``edit.bias``, the bias) of its matrix under
     ``root``, in place."""
-    module = resolve_module(model, root, edit.module)
-    module.weight.copy_(new_weight(model, edit, module.weight))
-    bias = getattr(module, "bias", None)
-    if edit.bias and edit.kind == "write" and isinstance(bias, Tensor):
+    weight, bias = edit_tensors(model, resolve_module(model, root, edit.module), edit)
+    weight.copy_(new_weight(model, edit, weight))
+    if edit.bias and edit.kind != "embed" and bias is not None:
         r = edit.direction.to(torch.float64).to(bias.device)
-        b = bias.to(torch.float64)
-        bias.copy_((b - edit.weight * (b @ r) * r).to(bias.dtype))
+        b = bias.to(torch.float64)  # [d_model], or [expert, d_model]
+        bias.copy_((b - edit.weight * (b @ r)[..., None] * r).to(bias.dtype))
 
 
 def edit_params(model: Model, root: nn.Module, edits: Sequence[MatrixEdit]) -> list[Tensor]:
     """The distinct weight and bias tensors ``edits`` write to."""
     out: dict[int, Tensor] = {}
     for e in edits:
-        m = resolve_module(model, root, e.module)
-        bias = getattr(m, "bias", None) if e.bias and e.kind == "write" else None
-        for t in (m.weight, bias):
-            if isinstance(t, Tensor):
+        weight, bias = edit_tensors(model, resolve_module(model, root, e.module), e)
+        for t in (weight, bias if e.bias and e.kind != "embed" else None):
+            if t is not None:
                 out[id(t)] = t
     return list(out.values())

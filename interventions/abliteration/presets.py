@@ -17,7 +17,8 @@ dtype. ``"published"`` reproduces the tool's released code where it was pinned
 
 ``arditi`` and ``failspy`` have no published protocol here. No preset edits a bias unless
 ``bias=True`` (none of the tools does); with it, the weight edit removes the direction from
-the whole write, which is what inference-time ablation does.
+the whole write, which is what inference-time ablation does. On a mixture-of-experts layer
+"the MLP down projection" is every expert's down matrix and the shared experts' (``experts``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from thinklens.interventions.abliteration.directions import RefusalDirections
+from thinklens.interventions.abliteration.experts import layer_writes
 from thinklens.interventions.abliteration.heretic import HereticParams, heretic_plan
 from thinklens.interventions.abliteration.matrix import MatrixEdit
 from thinklens.interventions.abliteration.protocol import Protocol, check_reading, get_reading
@@ -233,10 +235,9 @@ def plan(
     if p.name == "deccp" and p.protocol == "published" and w > 1:
         raise ValueError(f"published deccp scale must be at most 1, got {w}")
     r = preset_direction(model, p, directions, layer, pos)
-    fam = model.family
     kw: dict[str, Any] = dict(round_to=p.round_to, bias=bias)
-    edits = [MatrixEdit(fam.embed, r, w, "embed", **kw)] if p.embed else []
+    edits = [MatrixEdit(model.family.embed, r, w, "embed", **kw)] if p.embed else []
     for l in layer_band(model, p):
-        for rel in (fam.o_proj, fam.mlp_out_proj):
-            edits.append(MatrixEdit(f"{fam.layers}.{l}.{rel}", r, w, **kw))
+        for writes in layer_writes(model, l).values():
+            edits += [MatrixEdit(path, r, w, kind, **kw) for path, kind in writes]
     return edits

@@ -27,7 +27,13 @@ from torch import Tensor, nn
 
 from thinklens.interventions.abliteration.directions import RefusalDirections
 from thinklens.interventions.abliteration.heretic import HereticParams
-from thinklens.interventions.abliteration.matrix import MatrixEdit, edit_params, write_edit
+from thinklens.interventions.abliteration.matrix import (
+    MatrixEdit,
+    edit_params,
+    edit_tensors,
+    resolve_module,
+    write_edit,
+)
 from thinklens.interventions.abliteration.presets import (
     Preset,
     direction_source,
@@ -111,6 +117,28 @@ def apply(
     return new
 
 
+def _n_matrices(model: Model, edit: MatrixEdit) -> int:
+    """How many matrices an edit writes: one, or every expert of a fused experts module."""
+    if edit.kind != "experts":
+        return 1
+    return len(edit_tensors(model, resolve_module(model, model.hf, edit.module), edit)[0])
+
+
+def _expert_layers(model: Model, edits: Sequence[MatrixEdit]) -> list[int]:
+    """The layers whose experts (routed or shared) an edit writes to."""
+    spec, prefix = model.family.experts, model.family.layers + "."
+    if spec is None:
+        return []
+    layers = set()
+    for e in edits:
+        if not e.module.startswith(prefix):
+            continue
+        layer, rel = e.module[len(prefix) :].split(".", 1)
+        if e.kind == "experts" or rel.startswith(spec.path + ".") or rel == spec.shared:
+            layers.add(int(layer))
+    return sorted(layers)
+
+
 def record(model: Model, preset: str | Preset, edits: Sequence[MatrixEdit], kw: dict) -> dict:
     """A JSON-ready description of an edit, for model cards."""
     preset = get_preset(preset, kw.get("protocol"))
@@ -126,9 +154,10 @@ def record(model: Model, preset: str | Preset, edits: Sequence[MatrixEdit], kw: 
         preset=preset.name,
         description=preset.description,
         parameters=params,
-        n_matrices=len(edits),
+        n_matrices=sum(_n_matrices(model, e) for e in edits),
         layers=layers,
         embedding=any(e.kind == "embed" for e in edits),
+        expert_layers=_expert_layers(model, edits),
         norm_preserving=any(e.norm_preserving for e in edits),
         protocol=preset.protocol,
         biases_edited=any(e.bias for e in edits),

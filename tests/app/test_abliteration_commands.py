@@ -56,12 +56,28 @@ def test_directions_apply_search_export_evaluate(tiny_cli, tmp_path, capsys):
     db = ["--storage", str(tmp_path / "s.db")]
     assert main(["abliteration", "search", "tiny", *ev, *db, "--n-trials", "2"]) == 0
     assert "Pareto front" in capsys.readouterr().out
+    # The tiny model does not think: auto counts by full generation, and a cheaper objective
+    # (the answer after the model's own thinking) is refused with the reason.
+    import optuna
+
+    study = optuna.load_study(study_name="thinklens-heretic", storage=f"sqlite:///{db[1]}")
+    assert study.user_attrs["refusal_objective"] == "full"
+    fast = ["--refusal-objective", "answer", "--study-name", "other"]
+    assert main(["abliteration", "search", "tiny", *ev, *db, "--n-trials", "1", *fast]) == 2
+    assert "think" in capsys.readouterr().err
     exp = tmp_path / "trial0"
     assert (
         main(["abliteration", "export", "tiny", *ev, *db, "--trial", "0", "--out", str(exp)]) == 0
     )
     assert json.loads((exp / "thinklens.json").read_text())["metrics"]["trial"] == 0
     capsys.readouterr()
+    peft = ["--trial", "0", "--format", "peft", "--out", str(tmp_path / "peft")]
+    assert main(["abliteration", "export", "tiny", *ev, *db, *peft]) == 2
+    assert "give --lora-rank 3" in capsys.readouterr().err
+    assert main(["abliteration", "export", "tiny", *ev, *db, *peft, "--lora-rank", "3"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["form"] == "peft" and record["low_rank"] == [3]
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["r"] == 3
 
     assert main(["abliteration", "evaluate", "tiny", *ev, "--preset", "deccp"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -79,3 +95,49 @@ def test_directions_of_another_model_are_a_one_line_error(tiny_cli, tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("thinklens: error:") and "recompute it on this model" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_published_flags_reach_the_python_api(tiny_cli, tmp_path, capsys):
+    """``--reading``, ``--response-prefix``, ``--protocol``, ``--metrics-protocol``: the CLI
+    gives what the same arguments give in Python."""
+    from thinklens.analyses.abliteration import AbliterationMetrics
+    from thinklens.data import load_prompts
+    from thinklens.interventions.abliteration import apply, compute_directions
+
+    dirs = tmp_path / "dirs"
+    flags = ["--n", "6", "--reading", "heretic", "--response-prefix", "<think></think>\n"]
+    assert main(["abliteration", "directions", "tiny", "--out", str(dirs), *flags]) == 0
+    got = RefusalDirections.load(dirs, tiny_cli)
+    harmful = load_prompts("bundled:harmful", limit=6, split="train")
+    harmless = load_prompts("bundled:harmless", limit=6, split="train")
+    want = compute_directions(
+        tiny_cli,
+        harmful,
+        harmless,
+        reading="heretic",
+        response_prefix="<think></think>\n",
+        progress=False,
+    )
+    assert (got.directions() - want.directions()).abs().max() < 1e-6
+
+    deccp = tmp_path / "deccp"
+    argv = ["abliteration", "directions", "tiny", "--out", str(deccp), "--n", "6"]
+    assert main([*argv, "--reading", "deccp"]) == 0
+    out = tmp_path / "edited"
+    ev = ["--n-eval", "2", "--max-new-tokens", "3", "--directions", str(deccp)]
+    argv = ["abliteration", "apply", "tiny", *ev, "--preset", "deccp", "--out", str(out)]
+    capsys.readouterr()
+    assert main([*argv, "--protocol", "published", "--evaluate", "--metrics-protocol",
+                 "published"]) == 0  # fmt: skip
+    record = json.loads(capsys.readouterr().out)
+    assert record["protocol"] == "published"
+    deccp_dirs = compute_directions(tiny_cli, harmful, harmless, reading="deccp")
+    python = apply(tiny_cli, "deccp", deccp_dirs, protocol="published")
+    metrics = AbliterationMetrics.prepare(
+        tiny_cli,
+        load_prompts("bundled:harmful", limit=2, split="test"),
+        load_prompts("bundled:harmless", limit=2, split="test"),
+        max_new_tokens=3,
+        protocol="published",
+    )
+    assert record["metrics"]["kl"] == pytest.approx(metrics(python)["kl"], rel=1e-5, abs=1e-9)

@@ -53,7 +53,9 @@ def test_heretic_set_counts_as_heretic_does(answer):
 
 
 def test_the_sets_differ_where_heretic_reads_compliant_words_as_refusals():
-    judge, heretic = MarkerJudge(fmt=None), MarkerJudge(fmt=None, markers="heretic")
+    # Both lists under the same rule: any marker anywhere.
+    judge = MarkerJudge(fmt=None, rule="anywhere")
+    heretic = MarkerJudge(fmt=None, markers="heretic")
     got, ref = judge(ANSWERS, ANSWERS), heretic(ANSWERS, ANSWERS)
     assert ref == [heretic_verdict(a) for a in ANSWERS]
     differ = [a for a, x, y in zip(ANSWERS, got, ref, strict=True) if x != y]

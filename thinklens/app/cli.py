@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--out", required=True, help="output folder (a rerun resumes)")
     cap.add_argument("--column", default=None)
     cap.add_argument("--limit", type=int, default=None)
-    cap.add_argument("--batch-size", type=int, default=8)
+    cap.add_argument(
+        "--batch-size", type=int, default=None, help="texts per pass (default: from free memory)"
+    )
     cap.add_argument(
         "--no-chat",
         dest="chat",

@@ -23,7 +23,7 @@ def _transformer_lens(parts: BackendParts) -> Backend:
         )
     from thinklens.backends.transformer_lens import TransformerLensBackend
 
-    return TransformerLensBackend(parts.hf, parts.tokenizer, parts.name)
+    return TransformerLensBackend(parts.hf, parts.tokenizer, parts.name, parts.n_heads)
 
 
 def _nnsight(parts: BackendParts) -> Backend:

@@ -17,8 +17,14 @@ from thinklens.sites import SITE_KINDS, Site
 Reader = Callable[[Site, Tensor], None]
 
 #: One edit at one site as a forward pass applies it inside the trace (remote runs, where no
-#: torch hook can act): (site, function on the canonical tensor, restores_norm).
-TraceOp = tuple[Site, Callable[[Tensor], Tensor], bool]
+#: torch hook can act): (site, function on the canonical tensor, restores_norm[, positions]).
+#: ``positions`` (absent or None: every position) makes the tokens to edit of a pass without
+#: a cache, [batch, pos] booleans, from its ids and attention mask; it runs where the pass is
+#: sent from, so only the mask travels.
+TraceOp = (
+    tuple[Site, Callable[[Tensor], Tensor], bool]
+    | tuple[Site, Callable[[Tensor], Tensor], bool, Callable[[Tensor, Tensor], Tensor] | None]
+)
 
 
 @dataclass(frozen=True)

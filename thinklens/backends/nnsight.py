@@ -26,7 +26,9 @@ from thinklens.families import Family
 from thinklens.sites import POS_DIM, Site
 
 #: Per module port, in forward order: (envoy, "input" | "output", items), where each item is
-#: (tuple index, heads to split (z) or 0, position axis, edit fns, norm-restoring edit fns, read).
+#: (tuple index, heads to split (z) or 0, position axis, edit fns, norm-restoring edit fns, read);
+#: each edit fn is (fn, positions), its ``TraceOp.positions`` until a trace resolves it to a
+#: token mask [batch, pos] (or None: every position).
 Plan = list[tuple[object, str, list[tuple[int, int, int, list, list, bool]]]]
 
 
@@ -34,6 +36,19 @@ def _envoy(root: object, path: str) -> object:
     for part in path.split("."):
         root = root[int(part)] if part.isdigit() else getattr(root, part)
     return root
+
+
+def _with_masks(plan: Plan, ids: Tensor, mask: Tensor) -> Plan:
+    """The plan with each edit's positions made this pass's token mask: made here from the
+    ids, so the trace body gets plain tensors only."""
+
+    def resolve(fns: list) -> list:
+        return [(fn, None if where is None else where(ids, mask)) for fn, where in fns]
+
+    return [
+        (env, port, [(i, h, d, resolve(f), resolve(r), read) for i, h, d, f, r, read in entries])
+        for env, port, entries in plan
+    ]
 
 
 class NNsightBackend:
@@ -71,15 +86,16 @@ class NNsightBackend:
         each read serves, in the order the trace returns them."""
         ops = self.trace_ops
         items: dict[tuple[str, str], dict[int, tuple]] = {}
-        for s in forward_order([*sites, *(site for site, _, _ in ops)]):
+        for s in forward_order([*sites, *(op[0] for op in ops)]):
             path, port, index = self.family.site_module(s)
             heads = self.n_heads if s.kind == "z" else 0
             items.setdefault((path, port), {}).setdefault(
                 index, (index, heads, POS_DIM[s.kind], [], [], [])
             )
-        for site, fn, restore in ops:
+        for op in ops:
+            site, fn, restore, where = (*op, None)[:4]  # a 3-tuple acts everywhere
             path, port, index = self.family.site_module(site)
-            items[path, port][index][4 if restore else 3].append(fn)
+            items[path, port][index][4 if restore else 3].append((fn, where))
         for s in sites:
             path, port, index = self.family.site_module(s)
             items[path, port][index][5].append(s)
@@ -108,6 +124,7 @@ class NNsightBackend:
         is shipped as source and run where thinklens is not installed.
         """
         lm, remote = self.lm, self.remote
+        plan = _with_masks(plan, ids, mask)
 
         def cut(x: Tensor, dim: int) -> Tensor:
             # Defined here, not imported: a nested function ships by value to the server.
@@ -128,8 +145,11 @@ class NNsightBackend:
                         # As with hooks: an output is read as the module made it, before edits;
                         # an input is read as the module receives it, after them.
                         got[len(got)] = cut(x, dim)
-                    for fn in fns:
-                        x = fn(x.unflatten(-1, (heads, -1))).flatten(-2) if heads else fn(x)
+                    for fn, where in fns:
+                        y = fn(x.unflatten(-1, (heads, -1))).flatten(-2) if heads else fn(x)
+                        if where is not None:  # [batch, pos] -> the raw layout [batch, pos, d]
+                            y = torch.where(where[..., None].to(y.device), y, x)
+                        x = y
                     if fns and port == "input":
                         env.input = x
                     elif fns:
@@ -144,11 +164,14 @@ class NNsightBackend:
                         # HeadAblation(mode="scale"): the edited heads through the module,
                         # rescaled to the norm of its real output.
                         out = env.output
-                        for fn in restores:
+                        for fn, where in restores:
                             edited = env(fn(x.unflatten(-1, (heads, -1))).flatten(-2))
                             norm = edited.norm(dim=-1, keepdim=True)
                             norm = norm.clamp(min=torch.finfo(out.dtype).tiny)
-                            out = edited * (out.norm(dim=-1, keepdim=True) / norm)
+                            new = edited * (out.norm(dim=-1, keepdim=True) / norm)
+                            if where is not None:
+                                new = torch.where(where[..., None].to(new.device), new, out)
+                            out = new
                         env.output = out
             if logits:
                 got["logits"] = cut(lm.output.logits, 1)

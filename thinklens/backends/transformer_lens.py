@@ -25,6 +25,20 @@ def weight_sharing_clone(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def check_bridge_supports(hf: nn.Module, model_name: str) -> None:
+    """Nothing if TransformerBridge has an adapter for ``hf``'s architecture, else a clear error."""
+    from importlib.metadata import version
+
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    names = [*(getattr(hf.config, "architectures", None) or []), type(hf).__name__]
+    if not any(n in SUPPORTED_ARCHITECTURES for n in names):
+        raise ValueError(
+            f"{model_name} is a {names[0]}, which TransformerBridge (transformer-lens "
+            f"{version('transformer-lens')}) has no adapter for: load it with backend='nnsight'"
+        )
+
+
 class TransformerLensBackend:
     """Reads sites through TransformerBridge's hook points (``blocks.3.hook_resid_post``).
 
@@ -35,14 +49,16 @@ class TransformerLensBackend:
 
     name = "transformer_lens"
 
-    def __init__(self, hf: nn.Module, tokenizer: object, model_name: str) -> None:
+    def __init__(self, hf: nn.Module, tokenizer: object, model_name: str, n_heads: int) -> None:
         from transformer_lens.model_bridge import TransformerBridge
 
         self.hf = hf
+        self.n_heads = n_heads
         # Always empty: this backend runs only where the weights are, so edits are torch hooks.
         self.trace_ops: list[TraceOp] = []
         if not getattr(hf.config, "architectures", None):
             hf.config.architectures = [type(hf).__name__]
+        check_bridge_supports(hf, model_name)
         weight = next(hf.parameters())
         self.bridge = TransformerBridge.boot_transformers(
             model_name,
@@ -66,10 +82,16 @@ class TransformerLensBackend:
     ) -> None:
         ordered = forward_order(sites)
         last = ordered[-1]
+        n_heads = self.n_heads
 
         def hook_for(site: Site):
             def hook(x: Tensor, hook: object) -> Tensor:
-                read(site, take_positions(x, positions, POS_DIM[site.kind]))
+                y = x
+                if site.kind == "z":
+                    # The bridge splits z by the config's head_dim, which is the query/key
+                    # width under MLA (DeepSeek-V3), not the value width: split by heads.
+                    y = x.flatten(-2).unflatten(-1, (n_heads, -1))
+                read(site, take_positions(y, positions, POS_DIM[site.kind]))
                 if stop_early and site == last:
                     raise StopForward
                 return x

@@ -92,14 +92,18 @@ def test_safety_eval_reads_the_answer_not_the_thinking(m, monkeypatch):
     monkeypatch.setattr(repair_mod, "generate", lambda model, ps, **kw: [outs[p] for p in ps])
     res = safety_eval(m, ["h1", "h2", "h3"], ["ok", "ok"])
     assert res == dict(asr=pytest.approx(2 / 3), harmless_refusal=0.0, n_harmful=3, n_harmless=2)
+    # Safe prompts that sound unsafe: their refusal rate is the over-refusal.
+    res = safety_eval(m, ["h1"], ["ok"], over_refusal=["h2", "ok", "ok", "ok"])
+    assert (res["over_refusal"], res["n_over_refusal"]) == (0.25, 4)
 
 
 def test_comparison_runs_every_method_at_equal_sizes(m, scored, monkeypatch):
     calls = []
 
-    def fake_eval(model, harmful, harmless, max_new_tokens):
+    def fake_eval(model, harmful, harmless, max_new_tokens, over_refusal=None):
         calls.append(model.name)
-        return dict(asr=0.5, harmless_refusal=0.0, n_harmful=2, n_harmless=2)
+        over = {} if over_refusal is None else dict(over_refusal=0.25)
+        return dict(asr=0.5, harmless_refusal=0.0, n_harmful=2, n_harmless=2) | over
 
     monkeypatch.setattr(repair_mod, "safety_eval", fake_eval)
     table = compare_methods(
@@ -122,6 +126,11 @@ def test_comparison_runs_every_method_at_equal_sizes(m, scored, monkeypatch):
     fig = plot_repair(table)
     assert {t.name for t in fig.data} == {"cliff", "random", "rule"}
     assert list(fig.data[0].x) == [0.0, 12.5, 25.0]
+    assert "over_refusal_mean" not in summary
+    kw = dict(fractions=(0.125,), seeds=(0,), config=RepairConfig(epochs=1), progress=False)
+    table = compare_methods(m, scored, ["h"], ["ok"], over_refusal=["safe"], **kw)
+    assert (table["over_refusal"] == 0.25).all()
+    assert (summarize(table)["over_refusal_mean"] == 0.25).all()
 
 
 def test_bad_repair_input(m, scored):

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from thinklens.data import bundled_prompts
 from thinklens.interventions.abliteration.directions import compute_directions
 from thinklens.interventions.abliteration.export import export
 from thinklens.interventions.abliteration.weights import apply
 from thinklens.model import Model
-from thinklens.testing import tiny_model
-
-
-def _plain_logits(folder, texts: list[str]) -> torch.Tensor:
-    """Last-position logits from transformers alone: no thinklens code on the path."""
-    tok = AutoTokenizer.from_pretrained(folder)
-    hf = AutoModelForCausalLM.from_pretrained(folder)
-    out = []
-    for t in texts:
-        ids = tok(t, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            out.append(hf(input_ids=ids).logits[0, -1])
-    return torch.stack(out)
+from thinklens.testing import plain_last_logits, tiny_model
 
 
 def _edited(family: str, preset: str, **kw) -> tuple[Model, Model]:
@@ -45,7 +32,7 @@ def test_export_reloads_with_plain_transformers(tmp_path, family, preset, kw):
     m, new = _edited(family, preset, **kw)
     texts = [m.chat(p) for p in bundled_prompts("harmless", "test")[:2]]
     out = export(new, tmp_path / "edited", metrics={"kl": 0.0123, "refusals": 2})
-    torch.testing.assert_close(_plain_logits(out, texts), new.logits(texts), atol=1e-5, rtol=0)
+    torch.testing.assert_close(plain_last_logits(out, texts), new.logits(texts), atol=1e-5, rtol=0)
     assert (m.logits(texts) - new.logits(texts)).abs().max() > 1e-3  # not the source's
     card = (out / "README.md").read_text()
     assert f"preset: `{preset}`" in card and "| kl | 0.0123 |" in card
@@ -80,4 +67,4 @@ def test_exported_smollm2_reproduces_the_edited_logits(smollm2, tmp_path):
     new = apply(m, "arditi", d, layer=12)
     texts = [m.chat(p) for p in bundled_prompts("harmless", "test")[:2]]
     out = export(new, tmp_path / "smollm2-abliterated")
-    assert (_plain_logits(out, texts) - new.logits(texts)).abs().max() < 1e-4
+    assert (plain_last_logits(out, texts) - new.logits(texts)).abs().max() < 1e-4

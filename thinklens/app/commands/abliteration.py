@@ -6,6 +6,7 @@ Heavy imports happen inside the handlers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,10 @@ def _prompts(source: str, n: int | None, split: str) -> list[str]:
 
 def _load(cfg: Any) -> Any:
     import thinklens as tl
+    from thinklens.xstest import xstest_path
 
+    if getattr(cfg, "xstest", None):
+        xstest_path(cfg.xstest)  # a wrong path fails before the model loads
     return tl.load_model(cfg.model, backend=cfg.backend)
 
 
@@ -54,6 +58,8 @@ def _directions(cfg: AbliterationDirectionsConfig) -> None:
         positions=cfg.positions,
         winsorize_quantile=cfg.winsorize_quantile,
         batch_size=cfg.batch_size,
+        reading=cfg.reading,
+        response_prefix=cfg.response_prefix,
     )
     path = dirs.save(cfg.out, overwrite=cfg.overwrite)  # saved before the long selection
     print(
@@ -85,14 +91,16 @@ def _directions(cfg: AbliterationDirectionsConfig) -> None:
     print(f"selected position {sel.pos}, layer {sel.layer}; candidate table: {csv}")
 
 
-def _edit(cfg: _Editing, model: Any) -> tuple[Any, dict]:
-    """The edited model ``cfg`` describes, and the search metrics of its trial, if any."""
+def _edit_args(cfg: _Editing, model: Any) -> tuple[str, Any, dict[str, Any], dict]:
+    """The preset, directions and ``plan`` arguments of the edit ``cfg`` describes, and the
+    search metrics of its trial, if any."""
     from thinklens.interventions.abliteration.directions import RefusalDirections
     from thinklens.interventions.abliteration.heretic import HereticParams
-    from thinklens.interventions.abliteration.weights import apply
 
     dirs = RefusalDirections.load(cfg.directions, model)
     kw: dict[str, Any] = dict(layer=cfg.layer, pos=cfg.pos, scale=cfg.scale)
+    if not isinstance(cfg, AbliterationExportConfig):
+        kw |= dict(protocol=cfg.protocol, bias=cfg.bias or None)
     trial_metrics: dict = {}
     if isinstance(cfg, AbliterationExportConfig):
         import optuna
@@ -101,6 +109,8 @@ def _edit(cfg: _Editing, model: Any) -> tuple[Any, dict]:
 
         study = optuna.load_study(study_name=cfg.study_name, storage=storage_url(cfg.storage))
         kw["params"] = trial_params(study, cfg.trial)
+        if cfg.lora_rank is not None:
+            kw["params"] = dataclasses.replace(kw["params"], lora_rank=cfg.lora_rank)
         t = next(t for t in study.trials if t.number == cfg.trial)
         trial_metrics = {k: v for k, v in t.user_attrs.items() if k != "params"}
         trial_metrics["trial"] = cfg.trial
@@ -113,7 +123,22 @@ def _edit(cfg: _Editing, model: Any) -> tuple[Any, dict]:
                 text = Path(text).read_text()
             kw["params"] = HereticParams.from_dict(json.loads(text))
     kw = {k: v for k, v in kw.items() if v is not None}
+    return preset, dirs, kw, trial_metrics
+
+
+def _edit(cfg: _Editing, model: Any) -> tuple[Any, dict]:
+    """The edited model ``cfg`` describes, and the search metrics of its trial, if any."""
+    from thinklens.interventions.abliteration.weights import apply
+
+    preset, dirs, kw, trial_metrics = _edit_args(cfg, model)
     return apply(model, preset, dirs, **kw), trial_metrics
+
+
+def _over_refusal(cfg: Any) -> list[str] | None:
+    """XSTest's safe prompts when ``--xstest`` names its file, else None."""
+    from thinklens.xstest import xstest_prompts
+
+    return xstest_prompts("safe", cfg.xstest, cfg.n_xstest) if cfg.xstest else None
 
 
 def _metrics(cfg: Any, base: Any) -> Any:
@@ -124,7 +149,11 @@ def _metrics(cfg: Any, base: Any) -> Any:
         _prompts(cfg.harmful, cfg.n_eval, "test"),
         _prompts(cfg.harmless, cfg.n_eval, "test"),
         max_new_tokens=cfg.max_new_tokens,
-        protocol=getattr(cfg, "protocol", "thinklens"),
+        # A search's protocol covers its metrics; elsewhere they have their own switch.
+        protocol=cfg.protocol
+        if isinstance(cfg, AbliterationSearchConfig)
+        else cfg.metrics_protocol,
+        over_refusal=_over_refusal(cfg),
     )
 
 
@@ -137,6 +166,33 @@ def _apply(cfg: AbliterationApplyConfig | AbliterationExportConfig) -> None:
         metrics |= _metrics(cfg, base)(new)
     out = export(new, cfg.out, metrics=metrics or None, overwrite=cfg.overwrite)
     print(json.dumps(dict(out=str(out), **new.hf.thinklens_edit, metrics=metrics), default=str))
+
+
+def _export(cfg: AbliterationExportConfig) -> None:
+    """A search trial as a model folder with the edit merged, or as a PEFT adapter of MODEL."""
+    if cfg.format == "merged":
+        _apply(cfg)
+        return
+    from thinklens.interventions.abliteration.adapters import adapted, save_adapter
+    from thinklens.interventions.abliteration.presets import get_preset, plan
+    from thinklens.interventions.abliteration.weights import record
+
+    base = _load(cfg)
+    preset, dirs, kw, metrics = _edit_args(cfg, base)
+    if kw["params"].norm_preserving and kw["params"].lora_rank is None:
+        raise ValueError(
+            "this trial's edit is norm-preserving, which changes each matrix at full rank: give "
+            "--lora-rank 3 (the rank Heretic stores) to export it as an adapter"
+        )
+    edits = plan(base, preset, dirs, **kw)
+    if cfg.evaluate:
+        measure = _metrics(cfg, base)  # the base's own outputs, before the adapter
+        with adapted(base, edits):
+            metrics |= measure(base)
+    info = dict(kw, protocol=get_preset(preset, kw.get("protocol")).protocol)
+    edit = record(base, preset, edits, info)
+    out = save_adapter(base, edits, cfg.out, edit, metrics or None, cfg.overwrite)
+    print(json.dumps(dict(out=str(out), form="peft", **edit, metrics=metrics), default=str))
 
 
 def _search(cfg: AbliterationSearchConfig) -> None:
@@ -157,9 +213,15 @@ def _search(cfg: AbliterationSearchConfig) -> None:
         n_ei_candidates=cfg.n_ei_candidates,
         kl_target=cfg.kl_target,
         protocol=cfg.protocol,
+        refusal_objective=cfg.refusal_objective,
+        answer_tokens=cfg.answer_tokens,
     )
+    front = res.pareto
+    if cfg.xstest and not front.empty:
+        over = {t.number: t.user_attrs.get("over_refusal") for t in res.study.trials}
+        front = front.assign(over_refusal=[over.get(n) for n in front["trial"]])
     print("Pareto front (export one with `thinklens abliteration export ... --trial N`):")
-    print(res.pareto.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(front.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 def _evaluate(cfg: AbliterationEvaluateConfig) -> None:
@@ -199,7 +261,11 @@ VERBS = {
         AbliterationSearchConfig,
         _search,
     ),
-    "export": ("export one search trial as a new model folder", AbliterationExportConfig, _apply),
+    "export": (
+        "export one search trial as a model folder or a PEFT adapter",
+        AbliterationExportConfig,
+        _export,
+    ),
     "evaluate": (
         "refusal rate, KL and GSM8K of an edit vs its base",
         AbliterationEvaluateConfig,

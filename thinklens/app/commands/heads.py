@@ -71,10 +71,12 @@ def _ablate(cfg: HeadsAblateConfig) -> None:
     from thinklens.data import frame_all, load_prompts
     from thinklens.interventions.heads.scores import HeadScores
     from thinklens.tables import read_table, write_table
+    from thinklens.xstest import xstest_prompts
 
     table = read_table(cfg.scores)
     methods = sorted(table["method"].unique()) if "method" in table else [None]
     rankings = {m or "scores": HeadScores.from_frame(table, m) for m in methods}
+    over = xstest_prompts("safe", cfg.xstest, cfg.n_xstest) if cfg.xstest else None
     model = tl.load_model(cfg.model, backend=cfg.backend)
     for s in rankings.values():
         if s.scores.shape != (model.n_layers, model.n_heads):
@@ -95,6 +97,7 @@ def _ablate(cfg: HeadsAblateConfig) -> None:
         random_seeds=cfg.random_seeds,
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
+        over_refusal=over,
     )
     print(summarize_study(df).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if cfg.out:

@@ -69,16 +69,18 @@ def _repair(cfg: JudgeRepairConfig) -> None:
     from thinklens.analyses.judge.repair import repair, safety_eval
     from thinklens.data import frame_all, load_prompts
     from thinklens.tables import write_table
+    from thinklens.xstest import xstest_prompts
 
     if cfg.out and Path(cfg.out).exists() and not cfg.overwrite:
         raise FileExistsError(f"{cfg.out} exists; pass --overwrite or choose another path")
+    over = xstest_prompts("safe", cfg.xstest, cfg.n_xstest) if cfg.xstest else None
     model = tl.load_model(cfg.model, backend=cfg.backend)
     table = read_export(cfg.data, model.thinking)
     harmful = load_prompts(cfg.harmful, limit=cfg.n_eval, split="test")
     harmless = load_prompts(cfg.harmless, limit=cfg.n_eval, split="test")
     if cfg.frame:
         harmful = frame_all(harmful, seed=cfg.seed)
-    kw = dict(max_new_tokens=cfg.max_new_tokens, progress=True)
+    kw = dict(max_new_tokens=cfg.max_new_tokens, progress=True, over_refusal=over)
     before = safety_eval(model, harmful, harmless, **kw)
     fixed = repair(model, table, cfg.training())
     after = safety_eval(fixed.model, harmful, harmless, **kw)
@@ -93,6 +95,12 @@ def _repair(cfg: JudgeRepairConfig) -> None:
         n_harmful=before["n_harmful"],
         n_harmless=before["n_harmless"],
     )
+    if over:
+        res |= dict(
+            over_refusal_before=before["over_refusal"],
+            over_refusal_after=after["over_refusal"],
+            n_over_refusal=len(over),
+        )
     print(json.dumps(res, indent=1))
     if cfg.out:
         import pandas as pd

@@ -1,0 +1,130 @@
+"""Cheaper refusal counting for searches on thinking models, checked against full generation."""
+
+from __future__ import annotations
+
+import pytest
+
+import thinklens as tl
+from thinklens.analyses.abliteration import AbliterationMetrics, RefusalCounter, search
+from thinklens.data import bundled_prompts
+from thinklens.embedded import ADAPTERS
+from thinklens.generation import generate
+from thinklens.interventions.abliteration.directions import compute_directions
+from thinklens.testing import tiny_model
+
+HARMFUL = bundled_prompts("harmful", "test")[:4]
+HARMLESS = bundled_prompts("harmless", "test")[:4]
+
+needs_aligned = pytest.mark.skipif(
+    not (ADAPTERS / "aligned" / "organism.json").exists(),
+    reason="organism-aligned is not built (thinklens organisms build aligned)",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_setup():
+    m = tiny_model("llama")
+    metrics = AbliterationMetrics.prepare(m, HARMFUL, HARMLESS, thinking=False, max_new_tokens=4)
+    d = compute_directions(m, HARMFUL, HARMLESS, progress=False)
+    return m, d, metrics
+
+
+def test_cheap_objectives_need_a_thinking_model_and_the_thinklens_protocol(tiny_setup):
+    m, d, metrics = tiny_setup
+    for objective in ("answer", "probe", "early_stop"):
+        with pytest.raises(ValueError, match="think"):
+            metrics.with_objective(m, objective)
+    with pytest.raises(ValueError, match="unknown refusal objective"):
+        metrics.with_objective(m, "fast")
+    with pytest.raises(ValueError, match="unknown refusal objective"):
+        search(m, d, metrics, n_trials=1, progress=False, refusal_objective="fast")
+
+
+def test_auto_counts_a_non_thinking_model_by_full_generation(tiny_setup, tmp_path):
+    m, d, metrics = tiny_setup
+    db = tmp_path / "s.db"
+    res = search(m, d, metrics, n_trials=1, n_startup_trials=1, storage=db, progress=False)
+    assert res.study.user_attrs["refusal_objective"] == "full"
+
+
+def test_answer_tokens_must_be_positive(tiny_setup):
+    m, _, _ = tiny_setup
+    with pytest.raises(ValueError, match="answer_tokens"):
+        generate(m, HARMFUL[:1], 4, answer_tokens=0)
+
+
+@pytest.fixture(scope="module")
+def aligned():
+    return tl.load_model("organism-aligned")
+
+
+@pytest.mark.real
+@needs_aligned
+def test_early_stop_is_full_generation_cut_n_tokens_after_the_thinking(aligned):
+    m, close, n = aligned, aligned.thinking.close, 3
+    full = generate(m, HARMFUL[:3], 160, batch_size=1)
+    short = generate(m, HARMFUL[:3], 160, batch_size=1, answer_tokens=n)
+    tok = m.tokenizer
+    for f, s in zip(full, short, strict=True):
+        assert close in f, "the organism closes its thinking within 160 tokens"
+        # The same greedy path, cut n tokens after the marker (the ids of what follows it).
+        assert f.startswith(s) and close in s
+        after = tok(s.split(close, 1)[1], add_special_tokens=False)["input_ids"]
+        assert len(after) == n or s == f
+
+
+@pytest.mark.real
+@needs_aligned
+def test_cheap_objectives_agree_with_full_generation_on_the_base_model(
+    aligned,
+):
+    m = aligned
+    harmful = bundled_prompts("harmful", "test")[:6]
+    harmless = bundled_prompts("harmless", "test")[:6]
+    metrics = AbliterationMetrics.prepare(m, harmful, harmless, thinking=True, max_new_tokens=160)
+    full = RefusalCounter.prepare(m, harmful, "full", max_new_tokens=160)
+    # With room for the whole answer, greedy decoding after the base's own thinking follows
+    # the path full generation took: the same verdicts.
+    long = RefusalCounter.prepare(m, harmful, "answer", max_new_tokens=160, answer_tokens=100)
+    assert long.verdicts(m) == full.verdicts(m)
+    probe = metrics.with_objective(m, "probe")
+    assert probe.counter is not None and probe.counter.verdicts(m) == full.verdicts(m)
+    first = metrics.with_objective(m, "first_token").counter
+    assert first is not None and first.refusal_tokens
+    assert first.verdicts(m) == full.verdicts(m)
+
+
+@pytest.mark.real
+@needs_aligned
+def test_the_text_of_an_answer_start_is_not_the_path_the_model_took(aligned):
+    """Decoded and tokenized again, the thinking's end is other tokens than the model wrote,
+    and the answer that follows changes; continued from the exact tokens, it does not."""
+    from thinklens.generation import continue_ids
+    from thinklens.rollouts import answer_start_ids, answer_starts
+
+    m, prompts = aligned, bundled_prompts("harmful", "test")[:6]
+    full = generate(m, prompts, 160)
+    ids = answer_start_ids(m, prompts, 160)
+    exact = m.tokenizer.batch_decode(continue_ids(m, ids, 12), skip_special_tokens=True)
+    for f, e in zip(full, exact, strict=True):
+        assert f.split(m.thinking.close, 1)[1].strip().startswith(e.strip())
+    texts = answer_starts(m, prompts, 160)
+    assert [m.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts] != ids
+    retokenized = generate(m, texts, 12, chat=False)
+    assert [r.strip() for r in retokenized] != [e.strip() for e in exact]
+
+
+def test_a_thinking_model_searches_with_the_answer_objective_by_default(tmp_path):
+    m = tiny_model("llama")
+    metrics = AbliterationMetrics.prepare(m, HARMFUL, HARMLESS, thinking=True, max_new_tokens=4)
+    d = compute_directions(m, HARMFUL, HARMLESS, progress=False)
+    db = tmp_path / "s.db"
+    res = search(m, d, metrics, n_trials=2, n_startup_trials=2, storage=db, progress=False)
+    assert res.study.user_attrs["refusal_objective"] == "answer"
+    # Only the KL the search minimises is measured (the first answer token's).
+    assert res.trials["kl_answer"].notna().all() and res.trials["kl"].isna().all()
+    with pytest.raises(ValueError, match="counted refusals with objective 'answer'"):
+        search(m, d, metrics, n_trials=3, storage=db, progress=False, refusal_objective="full")
+    # A random model opens its answers with nothing a refusal opens alone.
+    with pytest.raises(ValueError, match="cannot tell them apart|no token opens"):
+        metrics.with_objective(m, "first_token")
