@@ -230,7 +230,12 @@ def main() -> None:
     test_rows = summarise(test, names)
     full_val, full_test = sum(val["base"]["full"]), sum(test["base"]["full"])
     lines = [
-        *header("refusal objectives for thinking models, against full generation", args),
+        *[
+            line.replace("benchmarks/abliteration.py", "benchmarks/fast_objective.py")
+            for line in header(
+                "refusal objectives for thinking models, against full generation", args
+            )
+        ],
         f"load average when the run started: {load_start:.2f}",
         f"model: {args.model}; directions: bundled train prompts, last position; search: "
         f"Heretic's space, TPE seed 0, full generation ({args.max_new_tokens} new tokens) as "

@@ -138,7 +138,7 @@ class AbliterationSearchConfig(_Evaluation):
     refusal_objective: Literal["auto", "full", "answer", "probe", "first_token", "early_stop"] = (
         option(
             default_of(search, "refusal_objective"),
-            help="how a trial counts refusals (auto: answer after the own thinking when it thinks)",
+            help="how a trial counts refusals (auto: early_stop when the model thinks, else full)",
         )
     )
     answer_tokens: int = option(

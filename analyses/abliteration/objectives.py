@@ -45,9 +45,9 @@ REFUSAL_OBJECTIVES: tuple[RefusalObjective, ...] = (
 )
 #: The search's default way to count refusals on a model that thinks first (chosen on
 #: validation prompts, see ``benchmarks/results/fast_objective.txt``).
-THINKING_DEFAULT: RefusalObjective = "answer"
+THINKING_DEFAULT: RefusalObjective = "early_stop"
 #: Answer tokens generated (and judged) by ``"answer"`` and ``"early_stop"``.
-ANSWER_TOKENS = 16
+ANSWER_TOKENS = 8
 
 
 def check_refusal_objective(objective: str) -> RefusalObjective:

@@ -140,9 +140,11 @@ def search(
             directions read the Heretic way); measure with ``AbliterationMetrics.prepare(...,
             protocol="published")`` for Heretic's KL and refusal counts.
         refusal_objective: how a trial counts refusals (``objectives``): ``"auto"`` is
-            ``"answer"`` for a model that thinks first (its own thinking teacher-forced under
-            the edit, then ``answer_tokens`` answer tokens judged) and ``"full"`` generation
-            otherwise, and always under ``protocol="published"``. ``"full"`` is one flag away.
+            ``"early_stop"`` for a model that thinks first (its own thinking generated under
+            the edit, stopped ``answer_tokens`` answer tokens after it closes; the only cheaper
+            objective that agreed with full generation on organism-aligned, 1.9x faster:
+            ``benchmarks/results/fast_objective.txt``) and ``"full"`` generation otherwise, and
+            always under ``protocol="published"``. ``"full"`` is one flag away.
     Heretic's default seed is random; thinklens's is 0, so a search repeats.
     """
     if protocol == "published" and kl_target is None:

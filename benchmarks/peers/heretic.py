@@ -239,12 +239,11 @@ def objective_option(args: argparse.Namespace) -> dict:
     """``search``'s refusal-objective keyword for ``--thinklens-objective`` (if it has one)."""
     from thinklens.analyses.abliteration import search
 
-    names = [n for n in inspect.signature(search).parameters if n == "refusal_objective"]
     if args.thinklens_objective is None:
         return {}
-    if not names:
+    if "refusal_objective" not in inspect.signature(search).parameters:
         raise SystemExit("--thinklens-objective: this search() has no refusal_objective")
-    return {names[0]: args.thinklens_objective}
+    return {"refusal_objective": args.thinklens_objective}
 
 
 # --- the runs ---------------------------------------------------------------------------------
@@ -296,7 +295,6 @@ def thinklens_run(model, sets: dict, args: argparse.Namespace, kind: str) -> dic
         )
         kw = {}
     else:
-        prefix = None
         dirs = compute_directions(model, bad, good, batch_size=b, progress=False)
         metrics = AbliterationMetrics.prepare(model, *evaluation, batch_size=b)
         kw = objective_option(args)
@@ -331,7 +329,6 @@ def thinklens_run(model, sets: dict, args: argparse.Namespace, kind: str) -> dic
         wall=wall,
         dirs=dirs,
         protocol="published" if kind == "published" else "thinklens",
-        prefix=prefix,
         base_refusals=metrics.base_refusals,
         note=f"refusal_objective {objective!r}, KL {kl_key!r}, "
         f"base refusals {metrics.base_refusals}",

@@ -114,16 +114,16 @@ def test_the_text_of_an_answer_start_is_not_the_path_the_model_took(aligned):
     assert [r.strip() for r in retokenized] != [e.strip() for e in exact]
 
 
-def test_a_thinking_model_searches_with_the_answer_objective_by_default(tmp_path):
+def test_a_thinking_model_searches_with_early_stop_by_default(tmp_path):
     m = tiny_model("llama")
     metrics = AbliterationMetrics.prepare(m, HARMFUL, HARMLESS, thinking=True, max_new_tokens=4)
     d = compute_directions(m, HARMFUL, HARMLESS, progress=False)
     db = tmp_path / "s.db"
     res = search(m, d, metrics, n_trials=2, n_startup_trials=2, storage=db, progress=False)
-    assert res.study.user_attrs["refusal_objective"] == "answer"
+    assert res.study.user_attrs["refusal_objective"] == "early_stop"
     # Only the KL the search minimises is measured (the first answer token's).
     assert res.trials["kl_answer"].notna().all() and res.trials["kl"].isna().all()
-    with pytest.raises(ValueError, match="counted refusals with objective 'answer'"):
+    with pytest.raises(ValueError, match="counted refusals with objective 'early_stop'"):
         search(m, d, metrics, n_trials=3, storage=db, progress=False, refusal_objective="full")
     # A random model opens its answers with nothing a refusal opens alone.
     with pytest.raises(ValueError, match="cannot tell them apart|no token opens"):
