@@ -94,11 +94,12 @@ def one_run(model, dirs, harmful, harmless, args, label: str) -> dict:
         """Verdicts on responses cut n tokens after the token that closes the thinking."""
         cut = []
         for new in news:
-            end = next((i for i in range(1, len(new) + 1) if close in tok.decode(new[:i])), None)
+            end = close_end(tok, new, close)
             cut.append(tok.decode(new if end is None else new[: end + n], skip_special_tokens=True))
         return judge(harmful, cut)
 
     from thinklens.generation import continue_ids, generate
+    from thinklens.rollouts import close_end
 
     @dataclass
     class Recording(AbliterationMetrics):

@@ -66,7 +66,7 @@ def generate(
         raise ValueError(f"unknown engine {engine!r}; choose 'hf' or 'vllm'")
     texts = [model.chat(p, system) if chat else p for p in prompts]
     tok = model.tokenizer
-    eos = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} - {None, tok.unk_token_id}
+    eos = stop_token_ids(tok)
     if engine == "vllm":
         if answer_tokens is not None:
             raise ValueError("answer_tokens needs the HF engine: vLLM has no stop after thinking")
@@ -120,6 +120,11 @@ def generate(
     return out
 
 
+def stop_token_ids(tok: object) -> set[int]:
+    """The tokens that end a turn: the tokenizer's EOS and ChatML's ``<|im_end|>``."""
+    return {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} - {None, tok.unk_token_id}
+
+
 @torch.no_grad()
 def continue_ids(
     model: Model,
@@ -138,22 +143,20 @@ def continue_ids(
     if not prefixes or any(len(p) == 0 for p in prefixes):
         raise ValueError("continue_ids needs non-empty token prefixes")
     tok = model.tokenizer
-    eos = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} - {None, tok.unk_token_id}
-    pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos)
+    eos = stop_token_ids(tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id  # as pad_ids
     kw = dict(
         max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None
     )
     out: list[list[int]] = []
     for i in range(0, len(prefixes), batch_size):
-        chunk = [list(p) for p in prefixes[i : i + batch_size]]
-        width = max(map(len, chunk))
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=model.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        ids, mask = model.pad_ids(prefixes[i : i + batch_size], padding_side="left")
+        width = ids.shape[1]
         call = dict(kw, eos_token_id=sorted(eos), pad_token_id=pad)
         if answer_tokens is not None:
             stop = AnswerStop(tok, model.thinking.close, width, answer_tokens)
             call["stopping_criteria"] = StoppingCriteriaList([stop])
-        gen = model.hf.generate(input_ids=ids, attention_mask=mask.to(model.device), **call)
+        gen = model.hf.generate(input_ids=ids, attention_mask=mask, **call)
         for row in gen[:, width:].tolist():
             # Trailing padding (a row that ended early) is not part of the continuation.
             while row and row[-1] == pad:

@@ -138,6 +138,12 @@ def answer_starts(
     return texts
 
 
+def close_end(tokenizer: object, new: Sequence[int], close: str) -> int | None:
+    """How many of the generated tokens ``new`` it takes to complete the marker ``close`` (the
+    tokens up to and including the one that closes the thinking), or None if it never does."""
+    return next((i for i in range(1, len(new) + 1) if close in tokenizer.decode(new[:i])), None)
+
+
 def answer_start_ids(
     model: Model, prompts: Sequence[str], max_new_tokens: int = 128, batch_size: int = 16
 ) -> list[list[int]]:
@@ -159,7 +165,7 @@ def answer_start_ids(
     news = continue_ids(model, prompt_ids, max_new_tokens + 4, batch_size, answer_tokens=4)
     out = []
     for ids, new in zip(prompt_ids, news, strict=True):
-        end = next((i for i in range(1, len(new) + 1) if fmt.close in tok.decode(new[:i])), None)
+        end = close_end(tok, new, fmt.close)
         if end is None or end > max_new_tokens:
             new = new[:max_new_tokens] + tok(fmt.marker, add_special_tokens=False)["input_ids"]
             end = len(new)

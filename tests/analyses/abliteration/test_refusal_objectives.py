@@ -128,3 +128,14 @@ def test_a_thinking_model_searches_with_early_stop_by_default(tmp_path):
     # A random model opens its answers with nothing a refusal opens alone.
     with pytest.raises(ValueError, match="cannot tell them apart|no token opens"):
         metrics.with_objective(m, "first_token")
+
+
+def test_close_end_counts_the_tokens_up_to_the_one_that_completes_the_marker(tiny_setup):
+    from thinklens.rollouts import close_end
+
+    tok = tiny_setup[0].tokenizer
+    head = tok("I should refuse.\n", add_special_tokens=False)["input_ids"]
+    marker = tok("</think>", add_special_tokens=False)["input_ids"]
+    tail = tok(" Sorry", add_special_tokens=False)["input_ids"]
+    assert close_end(tok, head + marker + tail, "</think>") == len(head) + len(marker)
+    assert close_end(tok, head, "</think>") is None
