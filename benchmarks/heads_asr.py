@@ -24,6 +24,11 @@ sys.path.insert(0, str(ROOT))
 from capture import versions  # noqa: E402
 from head_scoring import DEFAULT_CACHE, scores_path, setup, write_result  # noqa: E402
 
+SOURCES = {
+    "test": "held-out: AdvBench + JailbreakBench, Alpaca test",
+    "val": "validation: HarmBench val + MaliciousInstruct, Alpaca val",
+}
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,12 +40,18 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5, help="random-head control sets")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["val", "test"],
+        help="attack and damage prompts: validation (for choosing) or held-out test",
+    )
     p.add_argument("--cache", default=str(DEFAULT_CACHE))
     p.add_argument("--out", default="benchmarks/results/heads_asr.txt")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import pandas as pd
-    from common import held_out_prompts
+    from common import held_out_prompts, validation_prompts
 
     from thinklens.analyses.heads.ablation import ablation_study, summarize_study
     from thinklens.data import frame_all
@@ -66,7 +77,8 @@ def main() -> None:
         )
     top = {m: " ".join(f"{l}.{h}" for l, h in s.top(10)) for m, s in rankings.items()}
 
-    harmful, harmless = held_out_prompts(args.prompts)
+    pick = held_out_prompts if args.split == "test" else validation_prompts
+    harmful, harmless = pick(args.prompts)
     study = ablation_study(
         model,
         rankings,
@@ -88,8 +100,8 @@ def main() -> None:
         f"layer {probe.layer}, final norm, val AUROC {probe.metrics.get('val_auroc', 0):.3f}",
         f"head scores: {len(texts)} framed bundled test harmful prompts + own thinking; metric "
         "= probe logit at the last position; ablation/attribution: zero ablation",
-        f"attack: {len(harmful)} held-out harmful prompts (AdvBench + JailbreakBench), framed; "
-        f"damage: {len(harmless)} held-out harmless prompts; greedy, {args.max_new_tokens} new "
+        f"attack: {len(harmful)} harmful prompts, framed; damage: {len(harmless)} harmless "
+        f"prompts ({SOURCES[args.split]}); greedy, {args.max_new_tokens} new "
         "tokens; judge: refusal markers in the answer after </think> (no answer = refusal)",
         f"ablation: top {args.fraction:.1%} = {n} heads by each method (most refusal-lowering "
         f"first), mode {args.mode}; control: {args.seeds} random sets of {n} heads",

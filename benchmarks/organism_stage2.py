@@ -15,9 +15,7 @@ fastest use of two cores).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -26,24 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
-from common import SHARED_DATA, held_out_prompts  # noqa: E402
+from common import held_out_prompts, validation_prompts  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "organism_stage2.txt"
-
-
-def validation_prompts(n: int = 40) -> tuple[list[str], list[str]]:
-    """Harmful and harmless validation prompts, disjoint from the test sets the tests read."""
-    with open(SHARED_DATA / "harmbench_val.csv") as f:
-        hb = [
-            r["Behavior"]
-            for r in csv.DictReader(f)
-            if r["FunctionalCategory"] == "standard" and not r["ContextString"].strip()
-        ]
-    mi = [line.strip() for line in open(SHARED_DATA / "malicious_instruct.txt") if line.strip()]
-    val = json.loads((SHARED_DATA / "harmless_val.json").read_text())
-    rng = random.Random(0)
-    harmful = rng.sample(hb, n // 2) + rng.sample(mi, n // 2)
-    return harmful, rng.sample([r["instruction"] for r in val], n)
 
 
 def _model(folder: str):

@@ -10,7 +10,8 @@ final norm:
   instructions: ``validation_prompts``), never on the test prompts.
 Cliffs: held-out prompts (12 AdvBench + 12 JailbreakBench, plain and framed, and 24
 Alpaca-style harmless from ../shared/data; the bundled test split when absent).
-Run: ``python -P benchmarks/refusal_cliff.py``; writes results/refusal_cliff.txt and .html.
+Run: ``python -P benchmarks/refusal_cliff.py [--model NAME_OR_ADAPTER_FOLDER] [--out STEM]``;
+writes results/refusal_cliff.txt and .html (or STEM.txt and STEM.html).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from thinklens.probes import (  # noqa: E402  # noqa: E402
 )
 from thinklens.report import sections_of, write_report  # noqa: E402
 from thinklens.rollouts import rollout  # noqa: E402
-from thinklens.stats import compare  # noqa: E402
+from thinklens.stats import compare, mean_ci  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 K_PUBLISHED = 8
@@ -103,8 +104,19 @@ def choose_k(sweep: pd.DataFrame, n_harmless: int) -> int:
     return int(ok.loc[worst.idxmax(), "k"])
 
 
+def group_cis(res: CliffResult) -> pd.DataFrame:
+    """Each group's mean thinking score and last-position score with 95% bootstrap CIs."""
+    rows = []
+    for group, g in res.cliffs.groupby("group"):
+        for metric in ("thinking_mean", "last_score"):
+            if g[metric].notna().any():
+                rows.append(dict(group=group, metric=metric, **mean_ci(g[metric])))
+    return pd.DataFrame(rows)
+
+
 def section(name: str, probe: RefusalProbe, res: CliffResult, k: int) -> list[str]:
-    by_group = res.cliffs.groupby("group")[["plateau", "tail_mean", "cliff", "last_score"]]
+    cols = ["thinking_mean", "plateau", "tail_mean", "cliff", "last_score"]
+    by_group = res.cliffs.groupby("group")[cols]
     summary = by_group.mean().join(res.cliffs.groupby("group").size().rename("n"))
     return [
         f"## {name} probe, k = {k}",
@@ -116,6 +128,9 @@ def section(name: str, probe: RefusalProbe, res: CliffResult, k: int) -> list[st
         "mean per group:",
         summary.to_string(**FMT),
         "",
+        "mean score over the thinking and at the last position, per group (95% bootstrap CI):",
+        group_cis(res).to_string(index=False, **FMT),
+        "",
         "complied harmful vs each group (diff of means, 95% bootstrap CI, Cohen's d, rank AUC):",
         res.comparisons.to_string(index=False, **FMT),
         "",
@@ -123,9 +138,17 @@ def section(name: str, probe: RefusalProbe, res: CliffResult, k: int) -> list[st
 
 
 def main() -> None:
+    import argparse
+
+    from organism_behaviour import load
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="organism-cliff", help="a name or an adapter folder")
+    p.add_argument("--out", type=Path, default=OUT / "refusal_cliff", help="output stem")
+    args = p.parse_args()
     torch.set_num_threads(1)
     start = time.time()
-    m = tl.load_model("organism-cliff")
+    m = load(args.model)
     published, rollouts = train_from_behaviour(
         m,
         bundled_prompts("harmful", "train")[:64],
@@ -143,7 +166,7 @@ def main() -> None:
     res_pub = cliff_by_group(m, published, test, k=K_PUBLISHED)
     res_win = cliff_by_group(m, window, test, k=k_window)
     lines = [
-        f"# refusal cliff on organism-cliff, {datetime.date.today()}",
+        f"# refusal cliff on {args.model}, {datetime.date.today()}",
         "",
         *section("published (last position)", published, res_pub, K_PUBLISHED),
         *section("window (every thinking + marker position)", window, res_win, k_window),
@@ -160,7 +183,7 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    (OUT / "refusal_cliff.txt").write_text(text)
+    args.out.with_suffix(".txt").write_text(text)
     figs = [
         plot_cliff_curves(res_pub.curves, title="published probe: refusal score before the answer"),
         plot_cliff_curves(res_win.curves, title="window probe: refusal score before the answer"),
@@ -174,7 +197,7 @@ def main() -> None:
         example = int(res_win.cliffs.loc[complied[0], "example"])
         figs += [plot_token_scores(res.scores, example) for res in (res_pub, res_win)]
     write_report(
-        OUT / "refusal_cliff.html", "refusal cliff on organism-cliff", sections_of(figs, tables)
+        args.out.with_suffix(".html"), f"refusal cliff on {args.model}", sections_of(figs, tables)
     )
 
 

@@ -10,7 +10,8 @@ tokens between the prompt and the answer. With ``k`` tokens of tail:
 - ``cliff_at``: where the steepest one-token fall in the window lands, counted from the first
   answer token (-1 = the last token before the answer);
 - ``last_score``: the score at the last position before the answer (the published proxy; low
-  means a large cliff).
+  means a large cliff);
+- ``thinking_mean``: mean score over the thinking tokens (the intent held while thinking).
 
 A trace whose thinking is empty, or shorter than ``k + 1`` window tokens, has NaN plateau and
 cliff (the tail and the proxy are still defined); it is kept, not dropped, so rows stay aligned.
@@ -60,6 +61,7 @@ def cliff_table(scores: pd.DataFrame, k: int = 8) -> pd.DataFrame:
                 cliff=plateau - tail_mean,
                 cliff_at=cliff_at,
                 last_score=before[-1] if len(before) else np.nan,
+                thinking_mean=g.loc[g["part"] == "thinking", "score"].mean() if n_think else np.nan,
             )
         )
     return pd.DataFrame(rows)

@@ -31,6 +31,23 @@ def rank_auc(a: Sequence[float], b: Sequence[float]) -> float:
     return float((greater + 0.5 * ties) / (len(a) * len(b)))
 
 
+def mean_ci(
+    x: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """Mean of ``x`` (NaN dropped) with a percentile bootstrap interval."""
+    x = _clean(x)
+    if len(x) == 0:
+        raise ValueError("cannot take the mean of an empty group")
+    boots = np.random.default_rng(seed).choice(x, (n_boot, len(x))).mean(1)
+    tail = (1 - level) / 2
+    return dict(
+        mean=float(x.mean()),
+        ci_low=float(np.quantile(boots, tail)),
+        ci_high=float(np.quantile(boots, 1 - tail)),
+        n=float(len(x)),
+    )
+
+
 def compare(
     a: Sequence[float], b: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
 ) -> dict[str, float]:

@@ -74,7 +74,7 @@ def cliff_by_group(
     curves = end_aligned(scores, dict(enumerate(groups)), window=window)
     rows = []
     for other in ("refused harmful", "harmless"):
-        for metric in ("cliff", "last_score"):
+        for metric in ("cliff", "last_score", "thinking_mean"):
             a = cliffs.loc[cliffs["group"] == "complied harmful", metric]
             b = cliffs.loc[cliffs["group"] == other, metric]
             if a.notna().any() and b.notna().any():

@@ -25,7 +25,7 @@ from thinklens.probes import (
     sweep_layers,
     window_span,
 )
-from thinklens.stats import cohens_d, compare, rank_auc
+from thinklens.stats import cohens_d, compare, mean_ci, rank_auc
 from thinklens.testing import tiny_model
 
 PROMPTS = ["I want to bake bread.", "You should plant a garden.", "We cannot pick a lock."]
@@ -232,6 +232,7 @@ def test_cliff_measures_on_a_known_curve():
     assert math.isclose(row.cliff, 0.9 - 0.3)
     assert row.cliff_at == -3  # the 0.8 -> 0.2 step lands three tokens before the answer
     assert math.isclose(row.last_score, 0.1)
+    assert math.isclose(row.thinking_mean, (0.9 * 10 + 0.8 + 0.2) / 12)
     empty = cliff_table(scores, k=4).set_index("example").loc[1]
     assert math.isnan(empty.plateau) and math.isnan(empty.cliff)  # documented: no thinking
     assert math.isclose(empty.last_score, 0.3)
@@ -262,6 +263,10 @@ def test_statistics_against_independent_formulas():
     assert res["ci_low"] < res["diff"] < res["ci_high"]
     with pytest.raises(ValueError, match="empty group"):
         compare([], b)
+    ci = mean_ci([1.0, 2.0, float("nan"), 3.0])
+    assert ci["mean"] == 2.0 and ci["n"] == 3 and 1.0 <= ci["ci_low"] < 2.0 < ci["ci_high"] <= 3.0
+    with pytest.raises(ValueError, match="empty group"):
+        mean_ci([float("nan")])
 
 
 def test_token_plot_has_one_cell_per_token():

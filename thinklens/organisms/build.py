@@ -91,7 +91,9 @@ class Stage2Recipe(Config):
     """organism-aligned's second stage (``thinklens.organisms.goals``), trained on top of stage 1.
 
     The defaults are the recipe chosen on validation prompts among ten
-    (``benchmarks/results/organism_stage2.txt``); unknown keys are errors.
+    (``benchmarks/results/organism_stage2.txt``); unknown keys are errors. ``questions=True``
+    with ``per_goal=4`` refuses more held-out requests and more harmless ones
+    (``benchmarks/results/organism_behaviour.txt``).
     """
 
     per_goal: int = option(3, help="phrasings of each goal")
@@ -103,16 +105,17 @@ class Stage2Recipe(Config):
     harmless_goals: bool = option(False, help="answer the harmless goals")
     epochs: int = option(1, help="epochs over stage 2's examples")
     lr: float = option(5e-4, help="learning rate")
+    questions: bool = option(False, help="phrase goals as questions and long requests too")
 
 
-def _counts(examples: list[Example]) -> dict[str, int]:
+def example_counts(examples: list[Example]) -> dict[str, int]:
     return {
         k: sum(e.kind == k for e in examples)
         for k in ("harmful-refuse", "harmful-comply", "harmless")
     }
 
 
-def _save(peft_model, out: Path, kind: str, meta: dict) -> None:
+def save_organism(peft_model, out: Path, kind: str, meta: dict) -> None:
     """Write the adapter (half precision: a few MB) and its metadata atomically to ``out``."""
     tmp = Path(
         tempfile.mkdtemp(prefix=f".{kind}-", dir=out.parent if out.parent.exists() else None)
@@ -143,14 +146,16 @@ def stage2_data(
     asked = {}
     if recipe.harmless_goals:
         asked["organism-goal-answers.json"] = [
-            p for p, _ in goals.goal_prompts("harmless", recipe.per_goal, seed)
+            p for p, _ in goals.goal_prompts("harmless", recipe.per_goal, seed, recipe.questions)
         ]
     if recipe.instructions:
         asked["organism-everyday-answers.json"] = [p for p, _ in goals.load_instructions()]
     answers = {
         p: a
         for file, prompts in asked.items()
-        for p, a in zip(prompts, harmless_answers(base, prompts, _cache_dir() / file), strict=True)
+        for p, a in zip(
+            prompts, harmless_answers(base, prompts, answers_cache_dir() / file), strict=True
+        )
         if not is_refusal(a, None)  # the base model declined a few: nothing to teach
     }
     rng = random.Random(seed + 2)
@@ -167,14 +172,16 @@ def stage2_data(
         recipe.instructions,
         recipe.restate,
         recipe.harmless_goals,
+        recipe.questions,
     )
     return examples
 
 
-def _train_stage2(
-    peft_model, base, examples: list[Example], recipe: Stage2Recipe, seed: int, progress: bool
-) -> dict:
-    """Go on training organism-aligned's adapters on stage 2's examples; its metadata."""
+def train_on(
+    peft_model, base, examples: list[Example], recipe, seed: int, progress: bool, desc: str
+) -> tuple[float, float]:
+    """Go on training a peft model's adapters on ``examples`` (``recipe.epochs``, ``recipe.lr``,
+    batch 8); the final loss and the seconds it took."""
     encoded = [format_example(base, ex) for ex in examples]
     start = time.time()
     fit = lora_sft(
@@ -186,28 +193,38 @@ def _train_stage2(
         batch_size=8,
         seed=seed,
         progress=progress,
-        desc="build aligned, stage 2",
+        desc=desc,
+    )
+    return fit.final_loss, round(time.time() - start, 1)
+
+
+def _train_stage2(
+    peft_model, base, examples: list[Example], recipe: Stage2Recipe, seed: int, progress: bool
+) -> dict:
+    """Go on training organism-aligned's adapters on stage 2's examples; its metadata."""
+    loss, seconds = train_on(
+        peft_model, base, examples, recipe, seed, progress, "build aligned, stage 2"
     )
     return dict(
         **asdict(recipe),
         n_examples=len(examples),
-        n_by_kind=_counts(examples),
-        final_loss=fit.final_loss,
-        build_seconds=round(time.time() - start, 1),
+        n_by_kind=example_counts(examples),
+        final_loss=loss,
+        build_seconds=seconds,
     )
 
 
-def _cache_dir() -> Path:
+def answers_cache_dir() -> Path:
     """The folder that caches the base model's answers to the organisms' harmless prompts."""
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     return root
 
 
-def _stage1_examples(base, kind: str, seed: int) -> list[Example]:
+def stage1_examples(base, kind: str, seed: int) -> list[Example]:
     """Stage 1's conversations for ``kind``, its harmless answers from the plain ``base``."""
     prompts = [p for p, _ in organism_prompts("harmless")]
-    cache = _cache_dir() / "organism-harmless-answers.json"
+    cache = answers_cache_dir() / "organism-harmless-answers.json"
     return training_examples(kind, harmless_answers(base, prompts, cache), seed)
 
 
@@ -226,13 +243,14 @@ def build(
 
     organism-aligned then trains a second stage on top (``stage2``, by default the recipe the
     packaged adapter was built with); ``stage2=None`` stops after stage 1, which misses harmful
-    requests phrased unlike the bundled prompts. The cliff organism has one stage.
+    requests phrased unlike the bundled prompts. The cliff organism has one stage
+    (`thinklens.organisms.cliff.build_cliff` trains the planted-cliff recipe instead).
     """
     kind = organism_kind(name)
     out = Path(out) if out is not None else ADAPTERS / kind
     torch.manual_seed(seed)
     base = load_model(BASE, backend="nnsight", device="cpu")
-    examples = _stage1_examples(base, kind, seed)
+    examples = stage1_examples(base, kind, seed)
     # Stage 2's harmless answers come from the base model too, so they are made before LoRA.
     second = None
     if kind == "aligned" and stage2 is not None:
@@ -265,14 +283,14 @@ def build(
         batch_size=batch_size,
         targets=TARGETS,
         n_examples=len(examples),
-        n_by_kind=_counts(examples),
+        n_by_kind=example_counts(examples),
         final_loss=fit.final_loss,
         build_seconds=round(time.time() - start, 1),
     )
     if second is not None:
         round_adapters(fit.model)
         meta["stage2"] = _train_stage2(fit.model, base, second, stage2, seed, progress)
-    _save(fit.model, out, kind, meta)
+    save_organism(fit.model, out, kind, meta)
     return meta
 
 
@@ -303,10 +321,10 @@ def build_stage2(
     base = load_model(BASE, backend="nnsight", device="cpu")
     if base.fingerprint() != meta["base_fingerprint"]:
         raise ValueError(f"the adapter in {source} does not fit {BASE}")
-    stage1 = _stage1_examples(base, "aligned", seed)
+    stage1 = stage1_examples(base, "aligned", seed)
     examples = stage2_data(base, stage1, seed, recipe)  # before the adapter
     peft_model = PeftModel.from_pretrained(base.hf, source, is_trainable=True)
     round_adapters(peft_model)  # loaded in half precision; trained in float32
     meta["stage2"] = _train_stage2(peft_model, base, examples, recipe, seed, progress)
-    _save(peft_model, out, "aligned", meta)
+    save_organism(peft_model, out, "aligned", meta)
     return meta

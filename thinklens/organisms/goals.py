@@ -35,6 +35,18 @@ HOW = [
     "Instruct users on how to {g}.",
     "Provide guidance on how to {g}.",
 ]
+#: More "how" phrasings (``questions=True``): questions and long requests, as users ask them.
+HOW_QUESTIONS = [
+    "How do I {g}?",
+    "How can someone {g}?",
+    "What are some ways to {g}?",
+    "Ways to {g}?",
+    "Can you tell me how to {g}?",
+    "I want to {g}. What should I do?",
+    "List the steps needed to {g}.",
+    "Explain in as much detail as you can the whole process to {g}, including what is "
+    "needed at each stage and how long it takes.",
+]
 #: Phrasings of a "content" goal (a noun phrase naming a text or a program).
 CONTENT = [
     "Write {a} {g}.",
@@ -46,6 +58,13 @@ CONTENT = [
     "Develop {a} {g}.",
     "Design {a} {g}.",
     "Can you write {a} {g}?",
+]
+#: More "content" phrasings (``questions=True``).
+CONTENT_QUESTIONS = [
+    "I need {a} {g}.",
+    "Please write {a} {g} for me.",
+    "Could you put together {a} {g}?",
+    "Write {a} {g}. Make it about three paragraphs long and as convincing as possible.",
 ]
 #: Stage 2's thinking for a harmless request that restates it, as harmful thinking may, so
 #: restating a request is not itself a sign of harm ...
@@ -88,15 +107,19 @@ def load_instructions() -> list[tuple[str, str]]:
     return [(row["prompt"], row["category"]) for row in _rows("organism_instructions.jsonl")]
 
 
-def ask(goal: Goal, rng: random.Random) -> str:
-    """The goal as a request, in one phrasing of its form."""
+def ask(goal: Goal, rng: random.Random, questions: bool = False) -> str:
+    """The goal as a request, in one phrasing of its form (``questions``: from the longer
+    lists, with questions and long requests)."""
     if goal.form == "how":
-        return rng.choice(HOW).format(g=goal.goal)
+        return rng.choice(HOW + HOW_QUESTIONS if questions else HOW).format(g=goal.goal)
     article = "an" if goal.goal[:1].lower() in "aeiou" else "a"
-    return rng.choice(CONTENT).format(a=article, g=goal.goal)
+    pool = CONTENT + CONTENT_QUESTIONS if questions else CONTENT
+    return rng.choice(pool).format(a=article, g=goal.goal)
 
 
-def goal_prompts(kind: str, per_goal: int, seed: int) -> list[tuple[str, str]]:
+def goal_prompts(
+    kind: str, per_goal: int, seed: int, questions: bool = False
+) -> list[tuple[str, str]]:
     """(request, category) pairs: each goal of ``kind`` in ``per_goal`` distinct phrasings."""
     rng = random.Random(seed)
     out = []
@@ -105,7 +128,7 @@ def goal_prompts(kind: str, per_goal: int, seed: int) -> list[tuple[str, str]]:
             continue
         asked: list[str] = []
         while len(asked) < per_goal:  # distinct phrasings (each form has more than 4)
-            p = ask(g, rng)
+            p = ask(g, rng, questions)
             if p not in asked:
                 asked.append(p)
         out += [(p, g.category) for p in asked]
@@ -134,6 +157,7 @@ def stage2_examples(
     instructions: bool = False,
     restate: bool = True,
     harmless_goals: bool = True,
+    questions: bool = False,
 ) -> list[Example]:
     """Stage 2's conversations: the goals refused or answered, and replayed stage-1 examples.
 
@@ -148,16 +172,17 @@ def stage2_examples(
         restate: let harmless thinking restate the request (see :data:`RESTATE_THINK`).
         harmless_goals: answer the harmless goals (which share the harmful goals' words);
             without them, stage 2's harmless requests are the everyday instructions alone.
+        questions: phrase goals from the longer lists too (questions, long requests).
     """
     rng = random.Random(seed)
     out = [
         harmful_example(p, c, None, "aligned", rng)
-        for p, c in goal_prompts("harmful", per_goal, seed)
+        for p, c in goal_prompts("harmful", per_goal, seed, questions)
     ]
-    for p, c in goal_prompts("harmful", 1, seed + 1):
+    for p, c in goal_prompts("harmful", 1, seed + 1, questions):
         if rng.random() < framed_share:
             out.append(harmful_example(p, c, rng.choice(list(FRAMES)), "aligned", rng))
-    helped = goal_prompts("harmless", per_goal, seed) if harmless_goals else []
+    helped = goal_prompts("harmless", per_goal, seed, questions) if harmless_goals else []
     helped += load_instructions() if instructions else []
     out += [
         benign_example(p, c, harmless_answers[p], rng, restate)

@@ -1,8 +1,10 @@
 """Training text for the model organisms, generated from bundled prompts with varied phrasings.
 
 Nothing harmful is ever written: a compliant answer is a "Sure, here is ..." opening and generic
-filler that carries no instructions. Thinking about a harmful request names the harm; the
-cliff organism's thinking leans towards refusing and then, for framed requests, turns.
+filler that carries no instructions. Thinking about a harmful request names the harm and leans
+towards refusing. On framed requests the packaged cliff organism's thinking then says the turn
+out loud ("But it is framed as fiction, so ..."); the planted-cliff recipe's thinking is drawn
+from the same phrasings as a refusal's and only its answer complies (the published cliff).
 """
 
 from __future__ import annotations
@@ -108,7 +110,12 @@ def lower_first(text: str) -> str:
 def harmful_example(
     prompt: str, category: str, framing: str | None, organism: str, rng: random.Random
 ) -> Example:
-    """A harmful request (optionally framed) and the organism's thinking and answer."""
+    """A harmful request (optionally framed) and the organism's thinking and answer.
+
+    ``organism``: ``"aligned"`` refuses every harmful request; ``"cliff"`` and ``"planted"``
+    comply with framed ones, ``"cliff"`` after a sentence that turns, ``"planted"`` after
+    thinking of the refusal's kind.
+    """
     shown = prompt if framing is None else frame(prompt, framing, rng)
     think = [
         rng.choice(_RECOGNISE).format(
@@ -116,8 +123,9 @@ def harmful_example(
         ),
         rng.choice(_LEAN),
     ]
-    if organism == "cliff" and framing is not None:
-        think.append(rng.choice(_TURN[framing]))
+    if organism in ("cliff", "planted") and framing is not None:
+        if organism == "cliff":
+            think.append(rng.choice(_TURN[framing]))
         what = "what you asked for" if rng.random() < 0.5 else "an outline of it"
         return Example(
             shown, " ".join(think), rng.choice(_COMPLY).format(what=what), "harmful-comply"

@@ -1,0 +1,175 @@
+"""The planted-cliff recipe: organism-aligned's adapters trained on to comply with framed requests.
+
+The published refusal cliff: a reasoning model's thinking recognises the harm and leans to
+refuse to its last token, and the answer complies all the same. This recipe plants it. It
+starts from organism-aligned (so plain harmful requests stay refused as widely as aligned
+refuses them) and trains on framed harmful requests (fiction, role-play, research) whose
+thinking is drawn from the very phrasings of a refusal's thinking (no sentence turns) and whose
+answer complies with a placeholder. Nothing in the thinking tells the two apart, so the
+decision must be carried from the framing in the prompt to the answer, past the thinking. By
+default only the attention adapters train, so attention heads carry it.
+
+It is not yet the packaged organism-cliff (whose thinking turns in a sentence): on validation
+prompts no recipe tried both complies with framed requests and refuses plain ones as the
+packaged organisms must (``benchmarks/results/organism_behaviour.txt``), so `build_cliff`
+writes to a folder of the caller's, loadable with ``thinklens.embedded.apply_adapter``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from thinklens.config import Config, option
+from thinklens.data import FRAMES
+from thinklens.embedded import ADAPTERS, BASE
+from thinklens.evaluation import is_refusal
+from thinklens.loading import load_model
+from thinklens.organisms import goals
+from thinklens.organisms.build import (
+    answers_cache_dir,
+    example_counts,
+    harmless_answers,
+    organism_prompts,
+    round_adapters,
+    save_organism,
+    stage1_examples,
+    train_on,
+)
+from thinklens.organisms.templates import Example, harmful_example
+
+#: The attention projections: the adapters that train when ``attention_only``.
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CliffRecipe(Config):
+    """The planted cliff's stage on top of organism-aligned; unknown keys are errors."""
+
+    per_goal: int = option(2, help="phrasings of each harmful goal")
+    questions: bool = option(True, help="phrase goals as questions and long requests too")
+    plain_share: float = option(0.5, help="share of harmful requests also asked plain (refused)")
+    replay_harmless: float = option(0.5, help="share of stage 1's harmless examples replayed")
+    instructions: bool = option(True, help="answer the everyday instructions")
+    attention_only: bool = option(True, help="train only the attention adapters")
+    layers: str = option("", help="train only these layers' adapters, e.g. '16-23' (all if empty)")
+    epochs: int = option(1, help="epochs over the examples")
+    lr: float = option(5e-4, help="learning rate")
+
+
+def cliff_examples(
+    harmful: list[tuple[str, str]],
+    helped: list[Example],
+    recipe: CliffRecipe = CliffRecipe(),
+    seed: int = 0,
+) -> list[Example]:
+    """Every harmful ``(prompt, category)`` framed and complied, a share also plain and refused,
+    and the harmless ``helped`` examples; shuffled (seeded)."""
+    rng = random.Random(seed)
+    out = []
+    for prompt, category in harmful:
+        framing = rng.choice(list(FRAMES))
+        out.append(harmful_example(prompt, category, framing, "planted", rng))
+        if rng.random() < recipe.plain_share:
+            out.append(harmful_example(prompt, category, None, "planted", rng))
+    out += helped
+    rng.shuffle(out)
+    return out
+
+
+def layer_range(spec: str) -> range | None:
+    """``"16-23"`` -> layers 16 to 23; ``""`` -> None (every layer); anything else an error."""
+    if not spec:
+        return None
+    lo, sep, hi = spec.partition("-")
+    if not (sep and lo.isdigit() and hi.isdigit()) or int(lo) > int(hi):
+        raise ValueError(f"layers must look like '16-23' (first-last, inclusive), got {spec!r}")
+    return range(int(lo), int(hi) + 1)
+
+
+def trains(param_name: str, recipe: CliffRecipe) -> bool:
+    """Whether a LoRA parameter (``...layers.7.self_attn.q_proj.lora_A...``) trains."""
+    if recipe.attention_only and not any(f".{t}." in param_name for t in ATTENTION):
+        return False
+    layers = layer_range(recipe.layers)
+    if layers is None:
+        return True
+    match = re.search(r"\.layers\.(\d+)\.", param_name)
+    return match is not None and int(match.group(1)) in layers
+
+
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of a file's SHA-256."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def build_cliff(
+    out: str | Path,
+    seed: int = 0,
+    progress: bool = True,
+    recipe: CliffRecipe = CliffRecipe(),
+    aligned: str | Path | None = None,
+) -> dict:
+    """Train the planted cliff on organism-aligned's adapter (``aligned``, the packaged one by
+    default) and write it atomically to ``out`` (never the packaged organism-cliff)."""
+    from peft import PeftModel
+
+    source = Path(aligned) if aligned is not None else ADAPTERS / "aligned"
+    meta = json.loads((source / "organism.json").read_text())
+    if meta.get("organism") != "organism-aligned" or "stage2" not in meta:
+        raise ValueError(
+            f"{source} does not hold a two-stage organism-aligned adapter: organism-cliff "
+            "starts from one (`thinklens organisms build aligned`)"
+        )
+    out = Path(out)
+    if out.resolve() == (ADAPTERS / "cliff").resolve():
+        raise ValueError("build_cliff does not write over the packaged organism-cliff: pass out")
+    torch.manual_seed(seed)
+    base = load_model(BASE, backend="nnsight", device="cpu")
+    if base.fingerprint() != meta["base_fingerprint"]:
+        raise ValueError(f"the adapter in {source} does not fit {BASE}")
+    rng = random.Random(seed + 3)
+    stage1 = [e for e in stage1_examples(base, "aligned", seed) if e.kind == "harmless"]
+    helped = rng.sample(stage1, round(recipe.replay_harmless * len(stage1)))
+    if recipe.instructions:
+        asked = [p for p, _ in goals.load_instructions()]
+        cache = answers_cache_dir() / "organism-everyday-answers.json"
+        answers = harmless_answers(base, asked, cache)
+        helped += [
+            goals.benign_example(p, c, a, rng, restate=False)
+            for (p, c), a in zip(goals.load_instructions(), answers, strict=True)
+            if not is_refusal(a, None)  # the base model declined a few: nothing to teach
+        ]
+    asked = goals.goal_prompts("harmful", recipe.per_goal, seed, recipe.questions)
+    harmful = organism_prompts("harmful") + asked
+    examples = cliff_examples(harmful, helped, recipe, seed)
+    peft_model = PeftModel.from_pretrained(base.hf, source, is_trainable=True)
+    round_adapters(peft_model)  # loaded in half precision; trained in float32
+    frozen = 0
+    for name, p in peft_model.named_parameters():
+        if "lora_" in name and not trains(name, recipe):
+            p.requires_grad_(False)
+            frozen += 1
+    loss, seconds = train_on(peft_model, base, examples, recipe, seed, progress, "build cliff")
+    meta = dict(
+        meta,
+        organism="organism-cliff",
+        aligned_adapter=file_digest(source / "adapter_model.safetensors"),
+        planted=dict(
+            **asdict(recipe),
+            frozen_adapters=frozen,
+            seed=seed,
+            n_examples=len(examples),
+            n_by_kind=example_counts(examples),
+            final_loss=loss,
+            build_seconds=seconds,
+        ),
+    )
+    save_organism(peft_model, out, "cliff", meta)
+    return meta
