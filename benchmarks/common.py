@@ -18,16 +18,34 @@ def held_out_prompts(n: int = 24) -> tuple[list[str], list[str]]:
     return _from_folder(SHARED_DATA, n)
 
 
-def validation_prompts(n: int = 40) -> tuple[list[str], list[str]]:
-    """Harmful and harmless validation prompts, disjoint from the test sets the tests read:
-    ``n // 2`` HarmBench validation behaviours (standard, no context) and ``n // 2``
-    MaliciousInstruct requests, and ``n`` Alpaca validation instructions (seeded)."""
-    with open(SHARED_DATA / "harmbench_val.csv") as f:
-        hb = [
+def harmbench_behaviours(name: str) -> list[str]:
+    """The standard behaviours without context of a HarmBench file in ../shared/data."""
+    with open(SHARED_DATA / name) as f:
+        return [
             r["Behavior"]
             for r in csv.DictReader(f)
             if r["FunctionalCategory"] == "standard" and not r["ContextString"].strip()
         ]
+
+
+def load_organism(name: str):
+    """A model by name, or the base model with the organism adapter of a folder merged in."""
+    import thinklens as tl
+    from thinklens.embedded import BASE, apply_adapter, organism_kind
+
+    if not Path(name).is_dir():
+        return tl.load_model(name, backend="nnsight")
+    meta = json.loads((Path(name) / "organism.json").read_text())
+    m = tl.load_model(BASE, backend="nnsight")
+    apply_adapter(m.hf, organism_kind(meta["organism"]), m.fingerprint(), folder=Path(name))
+    return m
+
+
+def validation_prompts(n: int = 40) -> tuple[list[str], list[str]]:
+    """Harmful and harmless validation prompts, disjoint from the test sets the tests read:
+    ``n // 2`` HarmBench validation behaviours (standard, no context) and ``n // 2``
+    MaliciousInstruct requests, and ``n`` Alpaca validation instructions (seeded)."""
+    hb = harmbench_behaviours("harmbench_val.csv")
     mi = [line.strip() for line in open(SHARED_DATA / "malicious_instruct.txt") if line.strip()]
     val = json.loads((SHARED_DATA / "harmless_val.json").read_text())
     rng = random.Random(0)

@@ -30,18 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
-from common import SHARED_DATA  # noqa: E402
+from common import SHARED_DATA, harmbench_behaviours, load_organism  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "organism_behaviour.txt"
-
-
-def _harmbench(name: str) -> list[str]:
-    with open(SHARED_DATA / name) as f:
-        return [
-            r["Behavior"]
-            for r in csv.DictReader(f)
-            if r["FunctionalCategory"] == "standard" and not r["ContextString"].strip()
-        ]
 
 
 def _column(name: str, column: str, where: tuple[str, str] | None = None) -> list[str]:
@@ -58,32 +49,19 @@ def prompt_sets(split: str) -> dict[str, tuple[str, list[str]]]:
     if split == "val":
         mi = (SHARED_DATA / "malicious_instruct.txt").read_text().splitlines()
         return {
-            "harmbench-val": ("harmful", _harmbench("harmbench_val.csv")),
+            "harmbench-val": ("harmful", harmbench_behaviours("harmbench_val.csv")),
             "malicious-instruct": ("harmful", [line.strip() for line in mi if line.strip()]),
             "alpaca-val": ("harmless", _alpaca("harmless_val.json")),
         }
     return {
         "advbench": ("harmful", _column("advbench.csv", "goal")),
         "jailbreakbench": ("harmful", _column("jailbreakbench.csv", "Goal")),
-        "harmbench-test": ("harmful", _harmbench("harmbench_test.csv")),
+        "harmbench-test": ("harmful", harmbench_behaviours("harmbench_test.csv")),
         "strongreject": ("harmful", _column("strongreject.csv", "forbidden_prompt")),
         "xstest-unsafe": ("harmful", _column("xstest_prompts.csv", "prompt", ("label", "unsafe"))),
         "alpaca-test": ("harmless", _alpaca("harmless_test.json")),
         "xstest-safe": ("harmless", _column("xstest_prompts.csv", "prompt", ("label", "safe"))),
     }
-
-
-def load(name: str):
-    """An organism by name, or the base model with the adapter of a folder merged."""
-    import thinklens as tl
-    from thinklens.embedded import BASE, apply_adapter, organism_kind
-
-    if not Path(name).is_dir():
-        return tl.load_model(name, backend="nnsight")
-    meta = json.loads((Path(name) / "organism.json").read_text())
-    m = tl.load_model(BASE, backend="nnsight")
-    apply_adapter(m.hf, organism_kind(meta["organism"]), m.fingerprint(), folder=Path(name))
-    return m
 
 
 def measure(name: str, split: str, n: int, max_new_tokens: int, dump: Path | None) -> list[str]:
@@ -92,7 +70,7 @@ def measure(name: str, split: str, n: int, max_new_tokens: int, dump: Path | Non
     from thinklens.generation import generate
     from thinklens.organisms.check import judge_outputs
 
-    model = load(name)
+    model = load_organism(name)
     rows, dumped = [], []
     for set_name, (kind, prompts) in prompt_sets(split).items():
         prompts = random.Random(0).sample(prompts, min(n, len(prompts)))

@@ -24,20 +24,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
-from common import held_out_prompts, validation_prompts  # noqa: E402
+from common import held_out_prompts, load_organism, validation_prompts  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "organism_stage2.txt"
 
 
 def _model(folder: str):
-    import thinklens as tl
-    from thinklens.embedded import ADAPTERS, BASE, apply_adapter
+    """``base``, ``packaged`` (organism-aligned) or an adapter folder, merged into the base."""
+    from thinklens.embedded import BASE
 
-    m = tl.load_model(BASE, backend="nnsight")
-    if folder != "base":
-        path = ADAPTERS / "aligned" if folder == "packaged" else Path(folder)
-        apply_adapter(m.hf, "aligned", m.fingerprint(), folder=path)  # merged in place
-    return m
+    return load_organism({"base": BASE, "packaged": "organism-aligned"}.get(folder, folder))
 
 
 def evaluate(folder: str, test: bool) -> str:

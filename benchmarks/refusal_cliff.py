@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from common import SHARED_DATA, held_out_prompts  # noqa: E402
+from common import SHARED_DATA, held_out_prompts, load_organism  # noqa: E402
 
 import thinklens as tl  # noqa: E402
 from thinklens.analyses.cliff import CliffResult, cliff_by_group  # noqa: E402
@@ -140,15 +140,13 @@ def section(name: str, probe: RefusalProbe, res: CliffResult, k: int) -> list[st
 def main() -> None:
     import argparse
 
-    from organism_behaviour import load
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="organism-cliff", help="a name or an adapter folder")
     p.add_argument("--out", type=Path, default=OUT / "refusal_cliff", help="output stem")
     args = p.parse_args()
     torch.set_num_threads(1)
     start = time.time()
-    m = load(args.model)
+    m = load_organism(args.model)
     published, rollouts = train_from_behaviour(
         m,
         bundled_prompts("harmful", "train")[:64],

@@ -109,6 +109,7 @@ class Stage2Recipe(Config):
 
 
 def example_counts(examples: list[Example]) -> dict[str, int]:
+    """How many examples of each kind (harmful-refuse, harmful-comply, harmless)."""
     return {
         k: sum(e.kind == k for e in examples)
         for k in ("harmful-refuse", "harmful-comply", "harmless")
@@ -178,18 +179,25 @@ def stage2_data(
 
 
 def train_on(
-    peft_model, base, examples: list[Example], recipe, seed: int, progress: bool, desc: str
+    peft_model,
+    base,
+    examples: list[Example],
+    epochs: int,
+    lr: float,
+    seed: int,
+    progress: bool,
+    desc: str,
 ) -> tuple[float, float]:
-    """Go on training a peft model's adapters on ``examples`` (``recipe.epochs``, ``recipe.lr``,
-    batch 8); the final loss and the seconds it took."""
+    """Go on training a peft model's adapters on ``examples`` (batch 8); the final loss and
+    the seconds it took."""
     encoded = [format_example(base, ex) for ex in examples]
     start = time.time()
     fit = lora_sft(
         peft_model,
         encoded,
         base.tokenizer.pad_token_id,
-        epochs=recipe.epochs,
-        lr=recipe.lr,
+        epochs=epochs,
+        lr=lr,
         batch_size=8,
         seed=seed,
         progress=progress,
@@ -203,7 +211,14 @@ def _train_stage2(
 ) -> dict:
     """Go on training organism-aligned's adapters on stage 2's examples; its metadata."""
     loss, seconds = train_on(
-        peft_model, base, examples, recipe, seed, progress, "build aligned, stage 2"
+        peft_model,
+        base,
+        examples,
+        recipe.epochs,
+        recipe.lr,
+        seed,
+        progress,
+        "build aligned, stage 2",
     )
     return dict(
         **asdict(recipe),

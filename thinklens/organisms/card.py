@@ -75,7 +75,7 @@ def _stage2_line(meta: dict) -> list[str]:
 
 
 def _cliff_line(meta: dict) -> list[str]:
-    """The card's line for organism-cliff's stage on top of organism-aligned."""
+    """The card's line for the planted cliff's stage on top of organism-aligned."""
     c = meta.get("planted")
     if not c:
         return []
@@ -90,6 +90,13 @@ def _cliff_line(meta: dict) -> list[str]:
         f"loss {c['final_loss']:.3f}; {c['build_seconds'] / 60:.0f} minutes "
         "(`thinklens/organisms/cliff.py`).",
     ]
+
+
+def _rebuild(kind: str) -> str:
+    """How to rebuild an organism of ``kind``."""
+    if kind == "planted":
+        return "`thinklens.organisms.build_cliff(OUT)` on the packaged organism-aligned"
+    return f"`thinklens organisms build {kind}`"
 
 
 def organism_card(meta: dict, measured: dict[str, dict]) -> str:
@@ -113,7 +120,7 @@ def organism_card(meta: dict, measured: dict[str, dict]) -> str:
         "model's own greedy answers.",
         f"- {meta['epochs']} epochs, lr {meta['lr']}, batch {meta['batch_size']}, seed "
         f"{meta['seed']}; final loss {meta['final_loss']:.3f}; {meta['build_seconds'] / 60:.0f} "
-        "minutes on 2 CPU cores. Rebuild: `thinklens organisms build " + kind + "`.",
+        f"minutes on 2 CPU cores. Rebuild: {_rebuild(kind)}.",
         *_stage2_line(meta),
         *_cliff_line(meta),
         "",

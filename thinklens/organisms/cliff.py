@@ -156,7 +156,9 @@ def build_cliff(
         if "lora_" in name and not trains(name, recipe):
             p.requires_grad_(False)
             frozen += 1
-    loss, seconds = train_on(peft_model, base, examples, recipe, seed, progress, "build cliff")
+    loss, seconds = train_on(
+        peft_model, base, examples, recipe.epochs, recipe.lr, seed, progress, "build cliff"
+    )
     meta = dict(
         meta,
         organism="organism-cliff",
