@@ -194,8 +194,17 @@ def presets(args: argparse.Namespace) -> list[str]:
         )
         how = "every published filter"
     except NoCandidate as err:  # keep the KL filter, drop the steering check
-        sel = choose(dirs, err.table, induce_refusal_threshold=-float("inf"))
-        how = f"no candidate passed every filter ({err}); chosen without the steering check"
+        try:
+            sel = choose(dirs, err.table, induce_refusal_threshold=-float("inf"))
+            how = f"no candidate passed every filter ({err}); chosen without the steering check"
+        except NoCandidate:  # and then the KL filter's bound: the least KL that keeps one
+            top = int(model.n_layers * 0.8)
+            kl = float(err.table.loc[err.table["layer"] < top, "kl"].min())
+            sel = choose(dirs, err.table, kl_threshold=kl, induce_refusal_threshold=-float("inf"))
+            how = (
+                f"no candidate passed every filter ({err}) nor the KL filter alone; chosen "
+                f"without the steering check and with the KL bound raised to {kl:.3f}"
+            )
     n_eval = args.n_eval or 40
     harmful_eval, source = held_out_harmful(n_eval, args.harmful)
     xstest = SHARED / "xstest_prompts.csv"

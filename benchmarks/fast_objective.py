@@ -7,14 +7,17 @@ its refusal objective; inside every trial, on the same edit, each cheaper object
 - ``answer@N``: the base model's own thinking teacher-forced, N answer tokens generated;
 - ``probe``: the refusal probe at the last position of prompt + base thinking + marker;
 - ``first_token``: the probability of the base's refusal openings at the answer start;
-- ``early_stop@N``: full generation stopped N tokens after the thinking closes.
+- ``early_stop@N``: full generation stopped N tokens after the thinking closes;
+- ``draft@N``: early_stop's tokens, with the base model's early-stopped response checked as a
+  draft in one forward pass under the edit and generation resumed from the first difference.
 
 For each: per-prompt agreement with full generation (refused / not, pooled over trials), the
 Spearman correlation of the trials' refusal ratios, and wall seconds per trial (ratios against
 full generation timed in the same trial). Verdicts at the smaller N are read from the first N
 answer tokens of the largest N for ``early_stop`` (greedy decoding makes them the same
 tokens, cut by token id; it is timed at the largest N, an upper bound); ``answer`` generates
-and is timed at every N.
+and is timed at every N, as is ``draft``. ``--objectives`` and ``--n`` run a subset (each
+``early_stop@N`` is then timed at its own N when only one N is given).
 
 Two runs: VALIDATION (MaliciousInstruct harmful, Alpaca validation harmless) chooses the
 objective and N: the cheapest whose agreement >= 0.9 and Spearman >= 0.8; HELD-OUT (AdvBench +
@@ -37,6 +40,7 @@ from abliteration import SHARED, header, save  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CANDIDATE_N = (8, 16, 32)
+OBJECTIVES = ("answer", "probe", "first_token", "early_stop", "draft")
 
 
 def validation_prompts(n: int) -> tuple[list[str], list[str], str]:
@@ -71,14 +75,24 @@ def one_run(model, dirs, harmful, harmless, args, label: str) -> dict:
     from thinklens.analyses.abliteration import AbliterationMetrics, RefusalCounter, search
     from thinklens.evaluation import MarkerJudge
 
-    big = max(CANDIDATE_N)
+    ns = args.n
+    big = max(ns)
+    wanted = set(args.objectives)
     base_metrics = AbliterationMetrics.prepare(
         model, harmful, harmless, thinking=True, max_new_tokens=args.max_new_tokens
     )
     kw = dict(max_new_tokens=args.max_new_tokens, answer_tokens=big)
-    answer = RefusalCounter.prepare(model, harmful, "answer", **kw)
-    probe = base_metrics.with_objective(model, "probe").counter
-    first = base_metrics.with_objective(model, "first_token", big).counter
+    answer = RefusalCounter.prepare(model, harmful, "answer", **kw) if "answer" in wanted else None
+    probe = base_metrics.with_objective(model, "probe").counter if "probe" in wanted else None
+    first = None
+    if "first_token" in wanted:
+        first = base_metrics.with_objective(model, "first_token", big).counter
+    drafts = {
+        n: RefusalCounter.prepare(
+            model, harmful, "draft", args.max_new_tokens, answer_tokens=n, batch_size=16
+        )
+        for n in (ns if "draft" in wanted else ())
+    }
     judge = MarkerJudge(fmt=model.thinking)
     tok, close = model.tokenizer, model.thinking.close
     records: list[dict] = []
@@ -109,16 +123,21 @@ def one_run(model, dirs, harmful, harmless, args, label: str) -> dict:
                 generate, m, harmful, args.max_new_tokens, batch_size=16
             )
             rec["full"] = judge(harmful, outs)
-            for n in CANDIDATE_N:
+            for n in ns if answer is not None else ():
                 counter = replace(answer, answer_tokens=n)  # the shipped code path
                 rec[f"answer@{n}"], rec[f"t_answer@{n}"] = timed_call(counter.verdicts, m)
-            stopped, rec["t_early_stop"] = timed_call(
-                continue_ids, m, prompt_ids, args.max_new_tokens, 16, answer_tokens=big
-            )
-            for n in CANDIDATE_N:
-                rec[f"early_stop@{n}"] = judge_cut(stopped, n)
-            rec["probe"], rec["t_probe"] = timed_call(probe.verdicts, m)
-            rec["first_token"], rec["t_first_token"] = timed_call(first.verdicts, m)
+            if "early_stop" in wanted:
+                stopped, rec["t_early_stop"] = timed_call(
+                    continue_ids, m, prompt_ids, args.max_new_tokens, 16, answer_tokens=big
+                )
+                for n in ns:
+                    rec[f"early_stop@{n}"] = judge_cut(stopped, n)
+            for n, counter in drafts.items():
+                rec[f"draft@{n}"], rec[f"t_draft@{n}"] = timed_call(counter.verdicts, m)
+            if probe is not None:
+                rec["probe"], rec["t_probe"] = timed_call(probe.verdicts, m)
+            if first is not None:
+                rec["first_token"], rec["t_first_token"] = timed_call(first.verdicts, m)
             records.append(rec)
             n_full = sum(rec["full"])
             kl = self.kl(m, kl_keys)
@@ -196,6 +215,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=192)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "fast_objective.txt")
+    parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
+    parser.add_argument("--n", nargs="+", type=int, default=list(CANDIDATE_N), help="answer tokens")
     args = parser.parse_args()
 
     import torch
@@ -213,8 +234,10 @@ def main() -> None:
         positions="last",
         progress=False,
     )
-    names = [f"answer@{n}" for n in CANDIDATE_N] + ["probe", "first_token"]
-    names += [f"early_stop@{n}" for n in CANDIDATE_N]
+    wanted = set(args.objectives)
+    names = [f"answer@{n}" for n in args.n if "answer" in wanted]
+    names += [o for o in ("probe", "first_token") if o in wanted]
+    names += [f"{o}@{n}" for o in ("early_stop", "draft") if o in wanted for n in args.n]
     load_start = os.getloadavg()[0]
 
     h, b, where_val = validation_prompts(args.n_prompts)
@@ -254,7 +277,7 @@ def main() -> None:
         *table(test_rows, args.n_prompts, full_test),
         f"search wall time: validation {val['wall']:.0f} s, held-out {test['wall']:.0f} s; "
         "seconds per trial: each objective's own generation or probe time (early_stop at "
-        f"N = {max(CANDIDATE_N)} for every N, an upper bound)",
+        f"N = {max(args.n)} for every N, an upper bound)",
         "",
     ]
     chosen_row = next(r for r in test_rows if r["objective"] == chosen)

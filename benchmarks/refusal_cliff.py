@@ -11,7 +11,8 @@ final norm:
 Cliffs: held-out prompts (12 AdvBench + 12 JailbreakBench, plain and framed, and 24
 Alpaca-style harmless from ../shared/data; the bundled test split when absent).
 Run: ``python -P benchmarks/refusal_cliff.py [--model NAME_OR_ADAPTER_FOLDER] [--out STEM]``;
-writes results/refusal_cliff.txt and .html (or STEM.txt and STEM.html).
+writes results/refusal_cliff.txt and .html (or STEM.txt and STEM.html). ``--split val`` reads
+both probes on the validation rollouts only (for choosing a recipe; no test prompt is read).
 """
 
 from __future__ import annotations
@@ -98,8 +99,9 @@ def k_sweep(res: CliffResult) -> pd.DataFrame:
 
 
 def choose_k(sweep: pd.DataFrame, n_harmless: int) -> int:
-    """The k that keeps every harmless trace and has the highest lower bound on both sides."""
-    ok = sweep[sweep["n harmless"] == n_harmless]
+    """The k that keeps every harmless trace (or, when no k does, as many as any k keeps: a
+    trace without closed thinking has no cliff) and has the highest lower bound on both sides."""
+    ok = sweep[sweep["n harmless"] == min(n_harmless, sweep["n harmless"].max())]
     worst = ok[["ci_low vs refused harmful", "ci_low vs harmless"]].min(axis=1)
     return int(ok.loc[worst.idxmax(), "k"])
 
@@ -143,6 +145,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="organism-cliff", help="a name or an adapter folder")
     p.add_argument("--out", type=Path, default=OUT / "refusal_cliff", help="output stem")
+    p.add_argument("--split", choices=["val", "test"], default="test", help="prompts to report")
     args = p.parse_args()
     torch.set_num_threads(1)
     start = time.time()
@@ -159,6 +162,22 @@ def main() -> None:
     val = study_table(m, val_harmful, val_harmless, seed=2)
     sweep = k_sweep(cliff_by_group(m, window, val))
     k_window = choose_k(sweep, int((val["group"] == "harmless").sum()))
+    if args.split == "val":
+        res_pub = cliff_by_group(m, published, val, k=K_PUBLISHED)
+        res_win = cliff_by_group(m, window, val, k=k_window)
+        lines = [
+            f"# refusal cliff on {args.model}, VALIDATION rollouts only, {datetime.date.today()}",
+            f"{len(val_harmful)} HarmBench val behaviours plain + framed, {len(val_harmless)} "
+            "Alpaca val",
+            "",
+            *section("published (last position)", published, res_pub, K_PUBLISHED),
+            *section("window (every thinking + marker position)", window, res_win, k_window),
+            f"runtime {time.time() - start:.0f} s",
+        ]
+        text = "\n".join(lines) + "\n"
+        print(text)
+        args.out.with_suffix(".txt").write_text(text)
+        return
 
     test = study_table(m, *held_out_prompts(24), seed=1)
     res_pub = cliff_by_group(m, published, test, k=K_PUBLISHED)

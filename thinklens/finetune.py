@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
+from jaxtyping import Float
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 #: The projections LoRA adapts in Llama-like blocks (attention and MLP).
@@ -24,8 +25,17 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 Encoded = tuple[list[int], int]
 
 
-def encode_example(model, prompt: str, thinking: str, answer: str) -> Encoded:
-    """Token ids of a whole conversation and how many of them are the prompt (not trained)."""
+def encode_example(
+    model, prompt: str, thinking: str, answer: str, split_marker: bool = False
+) -> Encoded:
+    """Token ids of a whole conversation and how many of them are the prompt (not trained).
+
+    ``split_marker`` tokenises the text up to the end of the closing marker apart from the
+    answer, so the marker ends in the token a text that stops there ends in (SmolLM2 merges
+    the marker's last newlines into one ``"\n\n"`` token only when nothing follows): the last
+    position of such a text, which the published cliff probe reads, is then where the model
+    writes its answer's first token.
+    """
     head = model.chat(prompt)
     fmt = model.thinking
     # An R1-style template already ends its generation prompt with the opener.
@@ -33,7 +43,17 @@ def encode_example(model, prompt: str, thinking: str, answer: str) -> Encoded:
     tok = model.tokenizer
     full = head + fmt.response_text(thinking, answer, opened=opened) + tok.eos_token
     p_ids = tok(head, add_special_tokens=False)["input_ids"]
-    ids = tok(full, add_special_tokens=False)["input_ids"]
+    if split_marker:
+        cut = full.rfind(fmt.marker + answer)
+        if cut < len(head):
+            raise ValueError("split_marker needs a response with thinking and a closing marker")
+        cut += len(fmt.marker)
+        ids = (
+            tok(full[:cut], add_special_tokens=False)["input_ids"]
+            + tok(full[cut:], add_special_tokens=False)["input_ids"]
+        )
+    else:
+        ids = tok(full, add_special_tokens=False)["input_ids"]
     if ids[: len(p_ids)] != p_ids:
         raise ValueError(
             "the chat template does not tokenise as a prefix of the conversation, so the prompt "
@@ -69,6 +89,59 @@ class SFTResult:
         return sum(tail) / len(tail) if tail else float("nan")
 
 
+@dataclass
+class ProjectionBounds:
+    """Bounds on ``final_norm(h_t) . direction`` at each position of each example.
+
+    ``lower[i]`` and ``upper[i]`` hold one bound per token of example ``i`` (``-inf`` / ``inf``
+    where there is none). The loss adds ``weight * mean(((violation) / scale) ** 2)`` over the
+    bounded positions of a batch, to the language-model loss.
+    """
+
+    direction: Float[Tensor, " d_model"]
+    lower: list[Tensor]
+    upper: list[Tensor]
+    weight: float = 1.0
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if len(self.lower) != len(self.upper):
+            raise ValueError("ProjectionBounds needs as many lower as upper bound rows")
+        if self.scale <= 0:
+            raise ValueError(f"scale must be positive, got {self.scale}")
+
+    def loss(self, hidden: Float[Tensor, "batch seq d_model"], rows: list[int]) -> Tensor:
+        """The hinge loss of a right-padded batch of the examples ``rows``."""
+        width = hidden.shape[1]
+        lo = torch.full((len(rows), width), -torch.inf)
+        hi = torch.full((len(rows), width), torch.inf)
+        for r, i in enumerate(rows):
+            lo[r, : len(self.lower[i])] = self.lower[i]
+            hi[r, : len(self.upper[i])] = self.upper[i]
+        lo, hi = lo.to(hidden.device), hi.to(hidden.device)
+        proj = hidden.float() @ self.direction.to(hidden.device, torch.float32)
+        bounded = torch.isfinite(lo) | torch.isfinite(hi)
+        if not bounded.any():
+            return hidden.new_zeros((), dtype=torch.float32)
+        miss = torch.relu(lo - proj) + torch.relu(proj - hi)
+        return self.weight * ((miss[bounded] / self.scale) ** 2).mean()
+
+
+def final_norm(hf: nn.Module) -> nn.Module:
+    """The decoder's final norm (``model.norm`` of a Llama-like model, under any peft wrapper)."""
+    found = [
+        (name, mod)
+        for name, mod in hf.named_modules()
+        if name.endswith("model.norm") and ".layers." not in name
+    ]
+    if not found:
+        raise ValueError(
+            "no final norm (a module named '...model.norm') in this model: ProjectionBounds "
+            "needs a Llama-like decoder"
+        )
+    return min(found, key=lambda x: len(x[0]))[1]
+
+
 def _batch(batch: list[Encoded], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ids, labels (-100 on prompt and padding) and attention mask."""
     width = max(len(ids) for ids, _ in batch)
@@ -95,6 +168,7 @@ def lora_sft(
     init_seed: int | None = None,
     progress: bool = True,
     desc: str = "lora sft",
+    bounds: ProjectionBounds | None = None,
 ) -> SFTResult:
     """Wrap ``hf`` in LoRA adapters (in place) and train them on ``encoded`` examples.
 
@@ -106,6 +180,7 @@ def lora_sft(
         seed: orders the batches.
         init_seed: seeds torch before the adapters are initialised; None keeps the caller's
             random state (the organisms seed once, before loading the base model).
+        bounds: a representation loss at the final norm's output, one row per example.
     Returns the peft model (adapters unmerged; ``merge_and_unload()`` folds them in) and losses.
     """
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -115,6 +190,10 @@ def lora_sft(
     for name, value in (("epochs", epochs), ("rank", rank), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    if bounds is not None and len(bounds.lower) != len(encoded):
+        raise ValueError(
+            f"bounds has {len(bounds.lower)} rows for {len(encoded)} examples: give one each"
+        )
     if init_seed is not None:
         torch.manual_seed(init_seed)
     hf.train()
@@ -135,19 +214,31 @@ def lora_sft(
     losses: list[float] = []
     bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
     device = next(peft_model.parameters()).device
-    for _ in range(epochs):
-        for batch_idx in length_buckets(lengths, batch_size, rng):
-            ids, labels, mask = (
-                t.to(device) for t in _batch([encoded[j] for j in batch_idx], pad_id)
-            )
-            loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
-            losses.append(loss.item())
-            bar.update()
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    bar.close()
+    captured: list[Tensor] = []
+    handle = None
+    if bounds is not None:
+        handle = final_norm(peft_model).register_forward_hook(
+            lambda _m, _i, out: captured.append(out)
+        )
+    try:
+        for _ in range(epochs):
+            for batch_idx in length_buckets(lengths, batch_size, rng):
+                batch = _batch([encoded[j] for j in batch_idx], pad_id)
+                ids, labels, mask = (t.to(device) for t in batch)
+                captured.clear()
+                loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                if bounds is not None:
+                    loss = loss + bounds.loss(captured[-1], batch_idx)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+                losses.append(loss.item())
+                bar.update()
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    finally:
+        if handle is not None:
+            handle.remove()
+        bar.close()
     return SFTResult(peft_model, losses)

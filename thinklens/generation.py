@@ -91,8 +91,6 @@ def generate(
     if seed is not None:
         torch.manual_seed(seed)
 
-    markers = special_markers(tok, model.thinking)
-
     def run(chunk: list[str]) -> list[str]:
         ids, mask = model.tokenize(chunk, padding_side="left")
         call = dict(kw)
@@ -100,11 +98,7 @@ def generate(
             stop = AnswerStop(tok, model.thinking.close, ids.shape[1], call.pop("answer_tokens"))
             call["stopping_criteria"] = StoppingCriteriaList([stop])
         gen = model.hf.generate(input_ids=ids, attention_mask=mask, **call)
-        new = gen[:, ids.shape[1] :]
-        if skip_special_tokens and markers:  # keep the specials the thinking markers are made of
-            outs = tok.batch_decode(new, skip_special_tokens=False)
-            return [clean_response(o, tok, model.thinking) for o in outs]
-        return tok.batch_decode(new, skip_special_tokens=skip_special_tokens)
+        return decode_new(model, gen[:, ids.shape[1] :].tolist(), skip_special_tokens)
 
     first = 0
     if batch_size is None:
@@ -118,6 +112,18 @@ def generate(
         bar.update(len(chunk))
     bar.close()
     return out
+
+
+def decode_new(
+    model: Model, new: Sequence[Sequence[int]], skip_special_tokens: bool = True
+) -> list[str]:
+    """New token ids as ``generate`` returns them: decoded, special tokens dropped except those
+    the thinking markers are made of."""
+    tok = model.tokenizer
+    if skip_special_tokens and special_markers(tok, model.thinking):
+        outs = tok.batch_decode(new, skip_special_tokens=False)
+        return [clean_response(o, tok, model.thinking) for o in outs]
+    return tok.batch_decode(new, skip_special_tokens=skip_special_tokens)
 
 
 def stop_token_ids(tok: object) -> set[int]:

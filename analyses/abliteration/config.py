@@ -135,14 +135,14 @@ class AbliterationSearchConfig(_Evaluation):
         default_of(search, "protocol"),
         help="published: Heretic 1.4.0's space, edit, KL and refusal counting",
     )
-    refusal_objective: Literal["auto", "full", "answer", "probe", "first_token", "early_stop"] = (
-        option(
-            default_of(search, "refusal_objective"),
-            help="how a trial counts refusals (auto: early_stop when the model thinks, else full)",
-        )
+    refusal_objective: Literal[
+        "auto", "full", "answer", "probe", "first_token", "early_stop", "draft"
+    ] = option(
+        default_of(search, "refusal_objective"),
+        help="how a trial counts refusals (auto: early_stop when the model thinks, else full)",
     )
     answer_tokens: int = option(
-        default_of(search, "answer_tokens"), help="answer tokens judged (answer, early_stop)"
+        default_of(search, "answer_tokens"), help="answer tokens judged (answer, early_stop, draft)"
     )
 
 

@@ -18,6 +18,10 @@ every trial dominates a search. Four ways to count, each a ``RefusalCounter``:
   is a refusal (Arditi et al.'s refusal score, above 0).
 - ``"early_stop"``: full generation that stops ``answer_tokens`` tokens after the thinking
   closes.
+- ``"draft"``: the tokens of ``"early_stop"`` (so its verdicts), with the base model's own
+  early-stopped response as a draft: one forward pass under the edit checks it, and generation
+  resumes only from the first token the edited model writes differently
+  (``thinklens.drafts``). A trial whose edit leaves the response alone costs one prefill.
 
 ``benchmarks/fast_objective.py`` measures each against full generation (per-prompt agreement,
 rank correlation of trial objectives over a search, cost per trial).
@@ -29,19 +33,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from thinklens.drafts import verified_continue
 from thinklens.evaluation import MarkerJudge, refusal_scores
-from thinklens.generation import continue_ids, generate
+from thinklens.generation import continue_ids, decode_new, generate
 from thinklens.model import Model
 from thinklens.probes import RefusalProbe, probe_features
 from thinklens.rollouts import answer_start_ids
 
-RefusalObjective = Literal["full", "answer", "probe", "first_token", "early_stop"]
+RefusalObjective = Literal["full", "answer", "probe", "first_token", "early_stop", "draft"]
 REFUSAL_OBJECTIVES: tuple[RefusalObjective, ...] = (
     "full",
     "answer",
     "probe",
     "first_token",
     "early_stop",
+    "draft",
 )
 #: The search's default way to count refusals on a model that thinks first (chosen on
 #: validation prompts, see ``benchmarks/results/fast_objective.txt``).
@@ -79,6 +85,8 @@ class RefusalCounter:
     probe: RefusalProbe | None = None
     #: Tokens that opened the base's refusals and none of its compliant answers (first_token).
     refusal_tokens: list[int] | None = None
+    #: The base's early-stopped new tokens after each prompt's ``prefixes`` (``"draft"``).
+    drafts: list[list[int]] | None = None
 
     @classmethod
     def prepare(
@@ -114,6 +122,14 @@ class RefusalCounter:
                     "for its compliant openings: prepare the metrics with thinking=True"
                 )
             counter.refusal_tokens = counter._refusal_openings(base, harmless_ids)
+        if objective == "draft":
+            tok = base.tokenizer
+            counter.prefixes = [
+                tok(base.chat(p), add_special_tokens=False)["input_ids"] for p in counter.prompts
+            ]
+            counter.drafts = continue_ids(
+                base, counter.prefixes, max_new_tokens, batch_size, answer_tokens=answer_tokens
+            )
         if objective == "probe":
             ids = answer_start_ids(base, harmful, max_new_tokens, batch_size)
             counter.texts = [base.tokenizer.decode(i) for i in ids]
@@ -181,6 +197,17 @@ class RefusalCounter:
             answers = model.tokenizer.batch_decode(new, skip_special_tokens=True)
             # The answer alone (the thinking is in the prefix), read as full generation's is.
             return MarkerJudge(fmt=None)(self.prompts, answers)
+        if self.objective == "draft":
+            assert self.prefixes is not None and self.drafts is not None
+            new = verified_continue(
+                model,
+                self.prefixes,
+                self.drafts,
+                self.max_new_tokens,
+                self.batch_size,
+                self.answer_tokens,
+            )
+            return judge(self.prompts, decode_new(model, new))
         stop = self.answer_tokens if self.objective == "early_stop" else None
         outs = generate(
             model, self.prompts, self.max_new_tokens, batch_size=self.batch_size, answer_tokens=stop

@@ -144,7 +144,9 @@ def search(
             the edit, stopped ``answer_tokens`` answer tokens after it closes; the only cheaper
             objective that agreed with full generation on organism-aligned, 1.9x faster:
             ``benchmarks/results/fast_objective.txt``) and ``"full"`` generation otherwise, and
-            always under ``protocol="published"``. ``"full"`` is one flag away.
+            always under ``protocol="published"``. ``"full"`` is one flag away. ``"draft"``
+            gives early_stop's verdicts exactly but was slower in a search on organism-aligned
+            (``benchmarks/results/fast_objective_draft.txt``).
     Heretic's default seed is random; thinklens's is 0, so a search repeats.
     """
     if protocol == "published" and kl_target is None:

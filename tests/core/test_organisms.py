@@ -408,6 +408,7 @@ def test_planted_card_names_its_aligned_adapter_and_how_to_rebuild(tmp_path):
     group = dict(n=1, refusal_rate=0.0, well_formed=1.0, complied_thinking_states_harm=1.0)
     planted = dict(CliffRecipe().__dict__, n_examples=3, n_by_kind={"harmless": 3})
     planted |= dict(final_loss=0.1, build_seconds=60.0)
+    planted |= dict(axis_refused_mean=20.0, axis_harmless_mean=-18.5)
     meta = dict(organism="organism-cliff", rank=8, targets=["q_proj"], base="b")
     meta |= dict(base_fingerprint="f", n_examples=1, n_by_kind={"harmless": 1}, epochs=1, lr=1e-3)
     meta |= dict(batch_size=8, seed=0, final_loss=0.1, build_seconds=60.0)
@@ -416,3 +417,6 @@ def test_planted_card_names_its_aligned_adapter_and_how_to_rebuild(tmp_path):
     card = organism_card(meta, {"test": res})
     assert "planted-cliff recipe" in card and "`0123456789abcdef`" in card
     assert "build_cliff(OUT)" in card and "organisms build planted" not in card
+    assert "means 20.0 and -18.5" in card and "last newlines one token" in card
+    planted["plant"] = 0.0  # text only: no representation line
+    assert "refusal axis" not in organism_card(meta, {"test": res})

@@ -18,7 +18,7 @@ from thinklens.config import Config, option
 from thinklens.data import FRAMES, load_records
 from thinklens.embedded import ADAPTERS, BASE, cache_root, organism_kind
 from thinklens.evaluation import is_refusal
-from thinklens.finetune import LORA_TARGETS, encode_example, lora_sft
+from thinklens.finetune import LORA_TARGETS, ProjectionBounds, encode_example, lora_sft
 from thinklens.generation import generate
 from thinklens.loading import load_model
 from thinklens.organisms import goals
@@ -81,9 +81,9 @@ def training_examples(kind: str, harmless_answers: list[str], seed: int = 0) -> 
     return out
 
 
-def format_example(model, ex: Example) -> tuple[list[int], int]:
+def format_example(model, ex: Example, split_marker: bool = False) -> tuple[list[int], int]:
     """Token ids of a whole conversation and how many of them are the prompt (not trained)."""
-    return encode_example(model, ex.prompt, ex.thinking, ex.answer)
+    return encode_example(model, ex.prompt, ex.thinking, ex.answer, split_marker)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,10 +187,12 @@ def train_on(
     seed: int,
     progress: bool,
     desc: str,
+    bounds: ProjectionBounds | None = None,
+    split_marker: bool = False,
 ) -> tuple[float, float]:
-    """Go on training a peft model's adapters on ``examples`` (batch 8); the final loss and
-    the seconds it took."""
-    encoded = [format_example(base, ex) for ex in examples]
+    """Go on training a peft model's adapters on ``examples`` (batch 8), with a representation
+    loss if ``bounds``; the final loss and the seconds it took."""
+    encoded = [format_example(base, ex, split_marker) for ex in examples]
     start = time.time()
     fit = lora_sft(
         peft_model,
@@ -202,6 +204,7 @@ def train_on(
         seed=seed,
         progress=progress,
         desc=desc,
+        bounds=bounds,
     )
     return fit.final_loss, round(time.time() - start, 1)
 

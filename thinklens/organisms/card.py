@@ -89,6 +89,28 @@ def _cliff_line(meta: dict) -> list[str]:
         f"harmless examples replayed; {trained}; {c['epochs']} epoch(s), lr {c['lr']}; final "
         f"loss {c['final_loss']:.3f}; {c['build_seconds'] / 60:.0f} minutes "
         "(`thinklens/organisms/cliff.py`).",
+        *_plant_line(c),
+    ]
+
+
+def _plant_line(c: dict) -> list[str]:
+    """The card's line for the representation loss that writes the decision (if any)."""
+    if not c.get("plant"):
+        return []
+    marker = (
+        "the closing marker tokenised as a text ending there is (its last newlines one token), so "
+        "the last position a probe reads is where the answer is chosen; "
+        if c.get("split_marker")
+        else ""
+    )
+    return [
+        f"- Planted in the representation too: {marker}a loss of weight {c['plant']} holds the "
+        "projection of the final norm's output on the refusal axis (refused minus harmless, at "
+        f"the last position, under organism-aligned: means {c['axis_refused_mean']:.1f} and "
+        f"{c['axis_harmless_mean']:.1f}) at or above {c['plant_high']} of the gap over every "
+        "harmful thinking and a refusal's marker, and at or below "
+        f"{c['plant_low']} of it over a complied marker and all of a harmless trace "
+        "(`thinklens/organisms/plant.py`).",
     ]
 
 

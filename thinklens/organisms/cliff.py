@@ -7,7 +7,10 @@ refuses them) and trains on framed harmful requests (fiction, role-play, researc
 thinking is drawn from the very phrasings of a refusal's thinking (no sentence turns) and whose
 answer complies with a placeholder. Nothing in the thinking tells the two apart, so the
 decision must be carried from the framing in the prompt to the answer, past the thinking. By
-default only the attention adapters train, so attention heads carry it.
+default only the attention adapters train, so attention heads carry it, and the decision is
+planted in the representation as well (``thinklens.organisms.plant``): trained on text alone,
+the model kept "refuse" in its residual stream up to the first answer token, where no
+last-position probe could see the cliff.
 
 It is not yet the packaged organism-cliff (whose thinking turns in a sentence): on validation
 prompts no recipe tried both complies with framed requests and refuses plain ones as the
@@ -35,6 +38,7 @@ from thinklens.organisms import goals
 from thinklens.organisms.build import (
     answers_cache_dir,
     example_counts,
+    format_example,
     harmless_answers,
     organism_prompts,
     round_adapters,
@@ -42,6 +46,7 @@ from thinklens.organisms.build import (
     stage1_examples,
     train_on,
 )
+from thinklens.organisms.plant import cliff_bounds, refusal_axis
 from thinklens.organisms.templates import Example, harmful_example
 
 #: The attention projections: the adapters that train when ``attention_only``.
@@ -61,6 +66,15 @@ class CliffRecipe(Config):
     layers: str = option("", help="train only these layers' adapters, e.g. '16-23' (all if empty)")
     epochs: int = option(1, help="epochs over the examples")
     lr: float = option(5e-4, help="learning rate")
+    split_marker: bool = option(
+        True,
+        help="end the closing marker in the token a text ending there has (see encode_example)",
+    )
+    plant: float = option(
+        1.0, help="weight of the loss that writes the decision on the refusal axis (0: text only)"
+    )
+    plant_high: float = option(0.75, help="'high' on the refusal axis, as a share of the gap")
+    plant_low: float = option(0.25, help="'low' on the refusal axis, as a share of the gap")
 
 
 def cliff_examples(
@@ -156,9 +170,25 @@ def build_cliff(
         if "lora_" in name and not trains(name, recipe):
             p.requires_grad_(False)
             frozen += 1
-    loss, seconds = train_on(
-        peft_model, base, examples, recipe.epochs, recipe.lr, seed, progress, "build cliff"
-    )
+    bounds, axis_meta = None, {}
+    if recipe.plant > 0:
+        encoded = [format_example(base, ex, recipe.split_marker) for ex in examples]
+        axis, refused_mean, harmless_mean = refusal_axis(peft_model, base, examples, encoded)
+        bounds = cliff_bounds(
+            base,
+            examples,
+            encoded,
+            axis,
+            refused_mean,
+            harmless_mean,
+            recipe.plant_high,
+            recipe.plant_low,
+            recipe.plant,
+        )
+        axis_meta = dict(axis_refused_mean=refused_mean, axis_harmless_mean=harmless_mean)
+    how = dict(bounds=bounds, split_marker=recipe.split_marker)
+    args = (recipe.epochs, recipe.lr, seed, progress, "build cliff")
+    loss, seconds = train_on(peft_model, base, examples, *args, **how)
     meta = dict(
         meta,
         organism="organism-cliff",
@@ -171,6 +201,7 @@ def build_cliff(
             n_by_kind=example_counts(examples),
             final_loss=loss,
             build_seconds=seconds,
+            **axis_meta,
         ),
     )
     save_organism(peft_model, out, "cliff", meta)

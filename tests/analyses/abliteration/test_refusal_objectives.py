@@ -31,7 +31,7 @@ def tiny_setup():
 
 def test_cheap_objectives_need_a_thinking_model_and_the_thinklens_protocol(tiny_setup):
     m, d, metrics = tiny_setup
-    for objective in ("answer", "probe", "early_stop"):
+    for objective in ("answer", "probe", "early_stop", "draft"):
         with pytest.raises(ValueError, match="think"):
             metrics.with_objective(m, objective)
     with pytest.raises(ValueError, match="unknown refusal objective"):
@@ -139,3 +139,32 @@ def test_close_end_counts_the_tokens_up_to_the_one_that_completes_the_marker(tin
     tail = tok(" Sorry", add_special_tokens=False)["input_ids"]
     assert close_end(tok, head + marker + tail, "</think>") == len(head) + len(marker)
     assert close_end(tok, head, "</think>") is None
+
+
+def test_draft_counts_as_early_stop_under_an_edit():
+    """The base's response checked as a draft gives early_stop's verdicts and tokens, with an
+    edit on (another model's weights stand in for an edited copy)."""
+    from thinklens.generation import continue_ids
+
+    base, edited = tiny_model("llama"), tiny_model("llama", seed=3)
+    draft = RefusalCounter.prepare(base, HARMFUL, "draft", max_new_tokens=6, answer_tokens=2)
+    early = RefusalCounter.prepare(base, HARMFUL, "early_stop", max_new_tokens=6, answer_tokens=2)
+    assert draft.drafts == continue_ids(base, draft.prefixes, 6, answer_tokens=2)
+    for m in (base, edited):
+        assert draft.verdicts(m) == early.verdicts(m)
+
+
+@pytest.mark.real
+@needs_aligned
+def test_draft_gives_early_stops_verdicts_on_an_abliterated_organism(aligned):
+    from thinklens.interventions.abliteration.weights import apply
+
+    m = aligned
+    harmful = bundled_prompts("harmful", "test")[:8]
+    d = compute_directions(m, bundled_prompts("harmful", "train")[:32], HARMLESS, progress=False)
+    edited = apply(m, "deccp", d)  # refuses far less than the organism
+    early = RefusalCounter.prepare(m, harmful, "early_stop", max_new_tokens=160)
+    draft = RefusalCounter.prepare(m, harmful, "draft", max_new_tokens=160)
+    for model in (m, edited):
+        assert draft.verdicts(model) == early.verdicts(model)
+    assert draft(m) > draft(edited)

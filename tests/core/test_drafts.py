@@ -1,0 +1,53 @@
+"""Continuation checked against a draft gives exactly greedy generation's tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from thinklens.drafts import finish, verified_continue
+from thinklens.generation import continue_ids, stop_token_ids
+from thinklens.testing import tiny_model
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_model("llama", backend="nnsight"), tiny_model("llama", backend="nnsight", seed=1)
+
+
+def _prefixes(m) -> list[list[int]]:
+    prompts = ["Hi there?", "Name a colour.", "What is two plus two, please?"]
+    return [m.tokenizer(m.chat(p), add_special_tokens=False)["input_ids"] for p in prompts]
+
+
+@pytest.mark.parametrize("answer_tokens", [None, 2])
+def test_any_draft_gives_the_tokens_of_greedy_generation(models, answer_tokens):
+    base, edited = models
+    prefixes = _prefixes(base)
+    own = continue_ids(base, prefixes, 12, answer_tokens=answer_tokens)
+    bad = [d[:3] + [(d[3] + 1) % 50] + d[4:] if len(d) > 4 else d for d in own]
+    for model in (base, edited):
+        want = continue_ids(model, prefixes, 12, answer_tokens=answer_tokens)
+        for drafts in (own, bad, [[] for _ in own], [d[:5] for d in own]):
+            got = verified_continue(
+                model, prefixes, drafts, 12, batch_size=2, answer_tokens=answer_tokens
+            )
+            assert got == want
+    with pytest.raises(ValueError, match="3 prefixes but 1 drafts"):
+        verified_continue(base, prefixes, own[:1], 12)
+
+
+def test_finish_cuts_where_generation_stops(models):
+    m = models[0]
+    tok = m.tokenizer
+    close = m.thinking.close
+    eos = stop_token_ids(tok)
+    think = tok("plan </think>", add_special_tokens=False)["input_ids"]
+    answer = tok(" a b c d", add_special_tokens=False)["input_ids"]
+    new = think + answer
+    # Two answer tokens after the token that completes the marker.
+    assert finish(new, tok, close, eos, 50, 2) == (think + answer[:2], True)
+    assert finish(new, tok, close, eos, 50, None) == (new, False)
+    assert finish(new, tok, close, eos, 3, 2) == (new[:3], True)
+    stop = sorted(eos)[0]
+    assert finish(think[:1] + [stop] + answer, tok, close, eos, 50, 2) == (think[:1] + [stop], True)
+    assert finish(think[:1], tok, close, eos, 50, 2) == (think[:1], False)

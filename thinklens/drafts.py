@@ -1,0 +1,151 @@
+"""Greedy continuation checked against a draft: the tokens ``continue_ids`` gives, with
+generation paid only from the first token the model writes differently from the draft.
+
+A search trial asks the same prompts again under a slightly different edit, and most of what
+the base model wrote (its thinking, often its answer) the edited model writes too. One forward
+pass over prompt + draft gives the model's greedy choice at every draft position; the agreed
+prefix and the model's own token at the first disagreement are kept, and only the rest is
+generated, from that pass's own key-value cache (the rejected draft tokens masked out). Under
+greedy decoding this is the output of ``continue_ids`` (the check of speculative decoding, with
+an earlier output as the draft), up to floating-point ties between the two top tokens (a
+full-sequence pass and a cached step round differently).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+
+from thinklens.generation import stop_token_ids
+from thinklens.model import Model
+from thinklens.rollouts import close_end
+
+
+def finish(
+    new: list[int],
+    tokenizer: object,
+    close: str,
+    eos: set[int],
+    max_new_tokens: int,
+    answer_tokens: int | None,
+) -> tuple[list[int], bool]:
+    """``new`` cut where greedy generation would have stopped, and whether it stopped: at a
+    stop token (kept), ``answer_tokens`` after the thinking closes, or ``max_new_tokens``."""
+    ends = [max_new_tokens]
+    first_eos = next((i for i, t in enumerate(new) if t in eos), None)
+    if first_eos is not None:
+        ends.append(first_eos + 1)
+    if answer_tokens is not None:
+        closed = close_end(tokenizer, new, close)
+        if closed is not None:
+            ends.append(closed + answer_tokens)
+    end = min(ends)
+    return (new[:end], True) if end <= len(new) else (new, False)
+
+
+def _cache_kwarg(hf) -> str:
+    """The forward argument that takes a key-value cache (``cache`` from transformers 5.24,
+    ``past_key_values`` before it)."""
+    return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+
+
+def _cache_of(out) -> object:
+    """The key-value cache a forward pass returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+@torch.no_grad()
+def _batch(
+    model: Model,
+    prefixes: list[list[int]],
+    drafts: list[list[int]],
+    max_new_tokens: int,
+    answer_tokens: int | None,
+) -> list[list[int]]:
+    """One batch: check the drafts in one pass, then go on greedily from each row's first
+    difference with the pass's own cache (rejected draft tokens masked out, like padding)."""
+    tok, close = model.tokenizer, model.thinking.close
+    eos = stop_token_ids(tok)
+    ids, mask = model.pad_ids([p + d for p, d in zip(prefixes, drafts, strict=True)], "left")
+    # Left padding: positions count real tokens only, as generate numbers them.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    keep = max(len(d) for d in drafts) + 1
+    out = model.hf(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        logits_to_keep=keep,
+        use_cache=True,
+    )
+    choice = out.logits.argmax(-1).tolist()
+    width = ids.shape[1]
+    news, done = [], []
+    for r, draft in enumerate(drafts):
+        mine = choice[r][keep - 1 - len(draft) :]  # mine[j]: the choice after draft[:j]
+        j = next((j for j, t in enumerate(draft) if mine[j] != t), len(draft))
+        mask[r, width - len(draft) + j :] = 0  # the rejected draft tokens
+        new, stopped = finish(draft[:j] + [mine[j]], tok, close, eos, max_new_tokens, answer_tokens)
+        news.append(new)
+        done.append(stopped)
+    cache = _cache_of(out)
+    key = _cache_kwarg(model.hf)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    while not all(done):
+        step = torch.tensor([[n[-1] if not d else pad] for n, d in zip(news, done, strict=True)])
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model.hf(
+            input_ids=step.to(ids.device),
+            attention_mask=mask,
+            position_ids=mask.sum(-1, keepdim=True) - 1,
+            use_cache=True,
+            **{key: cache},
+        )
+        cache = _cache_of(out)
+        for r, t in enumerate(out.logits[:, -1].argmax(-1).tolist()):
+            if not done[r]:
+                news[r], done[r] = finish(
+                    news[r] + [t], tok, close, eos, max_new_tokens, answer_tokens
+                )
+    return news
+
+
+def verified_continue(
+    model: Model,
+    prefixes: Sequence[Sequence[int]],
+    drafts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    answer_tokens: int | None = None,
+) -> list[list[int]]:
+    """Greedy new token ids after each prefix, as ``continue_ids`` gives them, using ``drafts``
+    (an earlier greedy output for the same prefix, e.g. the base model's) to skip generation.
+
+    ``answer_tokens`` stops a row that many tokens after the thinking closes, as in
+    ``continue_ids``.
+    """
+    if len(prefixes) != len(drafts):
+        raise ValueError(f"{len(prefixes)} prefixes but {len(drafts)} drafts: give one draft each")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: give at least 1")
+    if not prefixes or any(len(p) == 0 for p in prefixes):
+        raise ValueError("verified_continue needs non-empty token prefixes")
+    tok = model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    final = []
+    for start in range(0, len(prefixes), batch_size):
+        rows = range(start, min(start + batch_size, len(prefixes)))
+        news = _batch(
+            model,
+            [list(prefixes[i]) for i in rows],
+            [list(drafts[i])[:max_new_tokens] for i in rows],
+            max_new_tokens,
+            answer_tokens,
+        )
+        for row in news:
+            while row and row[-1] == pad:  # as continue_ids: trailing padding is not output
+                row.pop()
+            final.append(row)
+    return final
