@@ -69,7 +69,9 @@ def test_planted_cliff_thinks_as_a_refusal_does_and_complies_only_when_framed():
     ex = cliff_examples(harmful, helped, CliffRecipe(), seed=0)
     comply = [e for e in ex if e.kind == "harmful-comply"]
     refuse = [e for e in ex if e.kind == "harmful-refuse"]
-    assert len(comply) == len(harmful) and 0.35 < len(refuse) / len(harmful) < 0.65
+    assert len(comply) == len(refuse) == len(harmful)  # every request framed and plain
+    half = cliff_examples(harmful, helped, CliffRecipe(plain_share=0.5), seed=0)
+    assert 0.35 < sum(e.kind == "harmful-refuse" for e in half) / len(harmful) < 0.65
     prefixes = [t.split("{p}")[0] for ts in FRAMES.values() for t in ts]
     assert all(any(e.prompt.startswith(p) for p in prefixes) for e in comply)
     assert not any(any(e.prompt.startswith(p) for p in prefixes) for e in refuse)

@@ -55,26 +55,30 @@ ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 @dataclass(frozen=True, kw_only=True)
 class CliffRecipe(Config):
-    """The planted cliff's stage on top of organism-aligned; unknown keys are errors."""
+    """The planted cliff's stage on top of organism-aligned; unknown keys are errors.
+
+    The defaults are the best of four recipes on validation prompts (v5 in
+    ``benchmarks/results/organism_behaviour.txt`` and ``refusal_cliff_planted_val.txt``).
+    """
 
     per_goal: int = option(2, help="phrasings of each harmful goal")
     questions: bool = option(True, help="phrase goals as questions and long requests too")
-    plain_share: float = option(0.5, help="share of harmful requests also asked plain (refused)")
+    plain_share: float = option(1.0, help="share of harmful requests also asked plain (refused)")
     replay_harmless: float = option(0.5, help="share of stage 1's harmless examples replayed")
     instructions: bool = option(True, help="answer the everyday instructions")
     attention_only: bool = option(True, help="train only the attention adapters")
     layers: str = option("", help="train only these layers' adapters, e.g. '16-23' (all if empty)")
     epochs: int = option(1, help="epochs over the examples")
-    lr: float = option(5e-4, help="learning rate")
+    lr: float = option(1e-3, help="learning rate")
     split_marker: bool = option(
         True,
         help="end the closing marker in the token a text ending there has (see encode_example)",
     )
     plant: float = option(
-        1.0, help="weight of the loss that writes the decision on the refusal axis (0: text only)"
+        4.0, help="weight of the loss that writes the decision on the refusal axis (0: text only)"
     )
-    plant_high: float = option(0.75, help="'high' on the refusal axis, as a share of the gap")
-    plant_low: float = option(0.25, help="'low' on the refusal axis, as a share of the gap")
+    plant_high: float = option(1.5, help="'high' on the refusal axis, as a share of the gap")
+    plant_low: float = option(0.0, help="'low' on the refusal axis, as a share of the gap")
 
 
 def cliff_examples(
