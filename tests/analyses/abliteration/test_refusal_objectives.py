@@ -157,14 +157,17 @@ def test_draft_counts_as_early_stop_under_an_edit():
 @pytest.mark.real
 @needs_aligned
 def test_draft_gives_early_stops_verdicts_on_an_abliterated_organism(aligned):
+    from thinklens.drafts import verified_continue
     from thinklens.interventions.abliteration.weights import apply
 
     m = aligned
-    harmful = bundled_prompts("harmful", "test")[:8]
-    d = compute_directions(m, bundled_prompts("harmful", "train")[:32], HARMLESS, progress=False)
+    harmful = bundled_prompts("harmful", "test")[:4]
+    d = compute_directions(m, bundled_prompts("harmful", "train")[:16], HARMLESS, progress=False)
     edited = apply(m, "deccp", d)  # refuses far less than the organism
-    early = RefusalCounter.prepare(m, harmful, "early_stop", max_new_tokens=160)
-    draft = RefusalCounter.prepare(m, harmful, "draft", max_new_tokens=160)
+    early = RefusalCounter.prepare(m, harmful, "early_stop", max_new_tokens=120)
+    draft = RefusalCounter.prepare(m, harmful, "draft", max_new_tokens=120)
     for model in (m, edited):
         assert draft.verdicts(model) == early.verdicts(model)
-    assert draft(m) > draft(edited)
+    # The edit makes the organism write otherwise, so the drafts are rejected part-way.
+    new = verified_continue(edited, draft.prefixes, draft.drafts, 120, answer_tokens=8)
+    assert new != draft.drafts
