@@ -25,24 +25,31 @@ from thinklens.rollouts import close_end
 
 def finish(
     new: list[int],
-    tokenizer: object,
-    close: str,
+    closed: int | None,
     eos: set[int],
     max_new_tokens: int,
     answer_tokens: int | None,
 ) -> tuple[list[int], bool]:
     """``new`` cut where greedy generation would have stopped, and whether it stopped: at a
-    stop token (kept), ``answer_tokens`` after the thinking closes, or ``max_new_tokens``."""
+    stop token (kept), ``answer_tokens`` after the token that closed the thinking (``closed``:
+    how many of ``new`` it takes to close it, ``close_end``; None if open), or
+    ``max_new_tokens``."""
     ends = [max_new_tokens]
     first_eos = next((i for i, t in enumerate(new) if t in eos), None)
     if first_eos is not None:
         ends.append(first_eos + 1)
-    if answer_tokens is not None:
-        closed = close_end(tokenizer, new, close)
-        if closed is not None:
-            ends.append(closed + answer_tokens)
+    if answer_tokens is not None and closed is not None:
+        ends.append(closed + answer_tokens)
     end = min(ends)
     return (new[:end], True) if end <= len(new) else (new, False)
+
+
+def close_seen(tokenizer: object, new: list[int], close: str, known: int | None) -> int | None:
+    """``close_end`` of ``new``, searched for only once the decoded text holds the marker (one
+    decode a step, not one a prefix) and kept once found (``known``)."""
+    if known is not None or close not in tokenizer.decode(new):
+        return known
+    return close_end(tokenizer, new, close)
 
 
 def _cache_kwarg(hf) -> str:
@@ -64,11 +71,13 @@ def _batch(
     drafts: list[list[int]],
     max_new_tokens: int,
     answer_tokens: int | None,
+    pad: int,
 ) -> list[list[int]]:
     """One batch: check the drafts in one pass, then go on greedily from each row's first
     difference with the pass's own cache (rejected draft tokens masked out, like padding)."""
     tok, close = model.tokenizer, model.thinking.close
     eos = stop_token_ids(tok)
+    watch = answer_tokens is not None  # only an answer-token stop needs the marker's place
     ids, mask = model.pad_ids([p + d for p, d in zip(prefixes, drafts, strict=True)], "left")
     # Left padding: positions count real tokens only, as generate numbers them.
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -82,17 +91,18 @@ def _batch(
     )
     choice = out.logits.argmax(-1).tolist()
     width = ids.shape[1]
-    news, done = [], []
+    news, done, closed = [], [], []
     for r, draft in enumerate(drafts):
         mine = choice[r][keep - 1 - len(draft) :]  # mine[j]: the choice after draft[:j]
         j = next((j for j, t in enumerate(draft) if mine[j] != t), len(draft))
         mask[r, width - len(draft) + j :] = 0  # the rejected draft tokens
-        new, stopped = finish(draft[:j] + [mine[j]], tok, close, eos, max_new_tokens, answer_tokens)
+        new = draft[:j] + [mine[j]]
+        closed.append(close_seen(tok, new, close, None) if watch else None)
+        new, stopped = finish(new, closed[r], eos, max_new_tokens, answer_tokens)
         news.append(new)
         done.append(stopped)
     cache = _cache_of(out)
     key = _cache_kwarg(model.hf)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     while not all(done):
         step = torch.tensor([[n[-1] if not d else pad] for n, d in zip(news, done, strict=True)])
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -106,9 +116,12 @@ def _batch(
         cache = _cache_of(out)
         for r, t in enumerate(out.logits[:, -1].argmax(-1).tolist()):
             if not done[r]:
-                news[r], done[r] = finish(
-                    news[r] + [t], tok, close, eos, max_new_tokens, answer_tokens
-                )
+                new = news[r] + [t]
+                closed[r] = close_seen(tok, new, close, closed[r]) if watch else None
+                news[r], done[r] = finish(new, closed[r], eos, max_new_tokens, answer_tokens)
+    for row in news:
+        while row and row[-1] == pad:  # as continue_ids: trailing padding is not output
+            row.pop()
     return news
 
 
@@ -137,15 +150,12 @@ def verified_continue(
     final = []
     for start in range(0, len(prefixes), batch_size):
         rows = range(start, min(start + batch_size, len(prefixes)))
-        news = _batch(
+        final += _batch(
             model,
             [list(prefixes[i]) for i in rows],
             [list(drafts[i])[:max_new_tokens] for i in rows],
             max_new_tokens,
             answer_tokens,
+            pad,
         )
-        for row in news:
-            while row and row[-1] == pad:  # as continue_ids: trailing padding is not output
-                row.pop()
-            final.append(row)
     return final

@@ -38,10 +38,8 @@ def encode_example(
     """
     head = model.chat(prompt)
     fmt = model.thinking
-    # An R1-style template already ends its generation prompt with the opener.
-    opened = fmt.template_opens_thinking or head.rstrip().endswith(fmt.open)
     tok = model.tokenizer
-    full = head + fmt.response_text(thinking, answer, opened=opened) + tok.eos_token
+    full = head + fmt.response_text(thinking, answer, opened=fmt.opened_by(head)) + tok.eos_token
     p_ids = tok(head, add_special_tokens=False)["input_ids"]
     if split_marker:
         cut = full.rfind(fmt.marker + answer)

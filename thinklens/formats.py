@@ -129,6 +129,11 @@ class ThinkingFormat:
             return ""
         return answer
 
+    def opened_by(self, head: str) -> bool:
+        """Whether a rendered prompt already opens the thinking (an R1-style template's
+        generation prompt ends with the opener), so a response must not open it again."""
+        return self.template_opens_thinking or head.rstrip().endswith(self.open)
+
     def response_text(self, thinking: str | None, answer: str, opened: bool = False) -> str:
         """A response as the model writes it; ``opened``: the prompt already holds the opener."""
         if thinking is None or self.template_closes_thinking:

@@ -100,8 +100,7 @@ def build_trace(
         thinking = ""
     elif thinking is not None:
         # A template that already opens the thinking (R1-style) must not get a second opener.
-        opened = fmt.template_opens_thinking or head.rstrip().endswith(fmt.open)
-        head += "" if opened else fmt.opener
+        head += "" if fmt.opened_by(head) else fmt.opener
         think_text, marker_text = thinking, fmt.marker
     else:
         think_text = marker_text = ""

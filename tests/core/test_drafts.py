@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from thinklens.drafts import finish, verified_continue
+from thinklens.drafts import close_seen, finish, verified_continue
 from thinklens.generation import continue_ids, stop_token_ids
+from thinklens.rollouts import close_end
 from thinklens.testing import tiny_model
 
 
@@ -44,10 +45,14 @@ def test_finish_cuts_where_generation_stops(models):
     think = tok("plan </think>", add_special_tokens=False)["input_ids"]
     answer = tok(" a b c d", add_special_tokens=False)["input_ids"]
     new = think + answer
+    closed = close_seen(tok, new, close, None)
+    assert closed == close_end(tok, new, close) == len(think)
+    assert close_seen(tok, think[:1], close, None) is None  # still open
+    assert close_seen(tok, answer, close, 7) == 7  # once found, kept
     # Two answer tokens after the token that completes the marker.
-    assert finish(new, tok, close, eos, 50, 2) == (think + answer[:2], True)
-    assert finish(new, tok, close, eos, 50, None) == (new, False)
-    assert finish(new, tok, close, eos, 3, 2) == (new[:3], True)
+    assert finish(new, closed, eos, 50, 2) == (think + answer[:2], True)
+    assert finish(new, closed, eos, 50, None) == (new, False)
+    assert finish(new, closed, eos, 3, 2) == (new[:3], True)
     stop = sorted(eos)[0]
-    assert finish(think[:1] + [stop] + answer, tok, close, eos, 50, 2) == (think[:1] + [stop], True)
-    assert finish(think[:1], tok, close, eos, 50, 2) == (think[:1], False)
+    assert finish(think[:1] + [stop] + answer, None, eos, 50, 2) == (think[:1] + [stop], True)
+    assert finish(think[:1], None, eos, 50, 2) == (think[:1], False)

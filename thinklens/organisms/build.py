@@ -18,7 +18,13 @@ from thinklens.config import Config, option
 from thinklens.data import FRAMES, load_records
 from thinklens.embedded import ADAPTERS, BASE, cache_root, organism_kind
 from thinklens.evaluation import is_refusal
-from thinklens.finetune import LORA_TARGETS, ProjectionBounds, encode_example, lora_sft
+from thinklens.finetune import (
+    LORA_TARGETS,
+    Encoded,
+    ProjectionBounds,
+    encode_example,
+    lora_sft,
+)
 from thinklens.generation import generate
 from thinklens.loading import load_model
 from thinklens.organisms import goals
@@ -181,18 +187,17 @@ def stage2_data(
 def train_on(
     peft_model,
     base,
-    examples: list[Example],
+    encoded: list[Encoded],
     epochs: int,
     lr: float,
     seed: int,
     progress: bool,
     desc: str,
     bounds: ProjectionBounds | None = None,
-    split_marker: bool = False,
 ) -> tuple[float, float]:
-    """Go on training a peft model's adapters on ``examples`` (batch 8), with a representation
-    loss if ``bounds``; the final loss and the seconds it took."""
-    encoded = [format_example(base, ex, split_marker) for ex in examples]
+    """Go on training a peft model's adapters on encoded conversations (``format_example``;
+    batch 8), with a representation loss if ``bounds``; the final loss and the seconds it
+    took."""
     start = time.time()
     fit = lora_sft(
         peft_model,
@@ -216,7 +221,7 @@ def _train_stage2(
     loss, seconds = train_on(
         peft_model,
         base,
-        examples,
+        [format_example(base, ex) for ex in examples],
         recipe.epochs,
         recipe.lr,
         seed,

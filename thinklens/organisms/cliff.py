@@ -174,9 +174,9 @@ def build_cliff(
         if "lora_" in name and not trains(name, recipe):
             p.requires_grad_(False)
             frozen += 1
+    encoded = [format_example(base, ex, recipe.split_marker) for ex in examples]
     bounds, axis_meta = None, {}
     if recipe.plant > 0:
-        encoded = [format_example(base, ex, recipe.split_marker) for ex in examples]
         axis, refused_mean, harmless_mean = refusal_axis(peft_model, base, examples, encoded)
         bounds = cliff_bounds(
             base,
@@ -190,9 +190,9 @@ def build_cliff(
             recipe.plant,
         )
         axis_meta = dict(axis_refused_mean=refused_mean, axis_harmless_mean=harmless_mean)
-    how = dict(bounds=bounds, split_marker=recipe.split_marker)
-    args = (recipe.epochs, recipe.lr, seed, progress, "build cliff")
-    loss, seconds = train_on(peft_model, base, examples, *args, **how)
+    loss, seconds = train_on(
+        peft_model, base, encoded, recipe.epochs, recipe.lr, seed, progress, "build cliff", bounds
+    )
     meta = dict(
         meta,
         organism="organism-cliff",

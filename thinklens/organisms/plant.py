@@ -38,8 +38,7 @@ def window_parts(model, ex: Example, ids: list[int]) -> tuple[int, int, int]:
     """
     head = model.chat(ex.prompt)
     fmt = model.thinking
-    opened = fmt.template_opens_thinking or head.rstrip().endswith(fmt.open)
-    opener = "" if opened else fmt.opener
+    opener = "" if fmt.opened_by(head) else fmt.opener
     tok = model.tokenizer
 
     def n(text: str) -> int:
@@ -54,9 +53,10 @@ def window_parts(model, ex: Example, ids: list[int]) -> tuple[int, int, int]:
 
 @torch.no_grad()
 def last_positions(
-    hf, encoded: list[Encoded], ends: list[int], pad_id: int, batch_size: int = 8
+    hf, model, encoded: list[Encoded], ends: list[int], batch_size: int = 8
 ) -> Float[Tensor, "n d_model"]:
-    """The final norm's output at position ``ends[i] - 1`` of each encoded conversation."""
+    """The final norm's output under ``hf`` at position ``ends[i] - 1`` of each encoded
+    conversation (padded by ``model``, whose tokenizer encoded them)."""
     out = []
     captured: list[Tensor] = []
     handle = final_norm(hf).register_forward_hook(lambda _m, _i, o: captured.append(o))
@@ -64,16 +64,10 @@ def last_positions(
     hf.eval()
     try:
         for i in range(0, len(encoded), batch_size):
-            chunk = encoded[i : i + batch_size]
-            width = max(len(ids) for ids, _ in chunk)
-            ids = torch.full((len(chunk), width), pad_id)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, (seq, _) in enumerate(chunk):
-                ids[r, : len(seq)] = torch.tensor(seq)
-                mask[r, : len(seq)] = 1
+            chunk = [ids for ids, _ in encoded[i : i + batch_size]]
+            ids, mask = model.pad_ids(chunk, "right")
             captured.clear()
-            device = next(hf.parameters()).device
-            hf(input_ids=ids.to(device), attention_mask=mask.to(device))
+            hf(input_ids=ids, attention_mask=mask)
             rows = torch.tensor([e - 1 for e in ends[i : i + batch_size]])
             out.append(captured[-1][torch.arange(len(chunk)), rows].float().cpu())
     finally:
@@ -99,11 +93,10 @@ def refusal_axis(
         raise ValueError(
             "the refusal axis needs at least 2 refused harmful and 2 harmless examples"
         )
-    pad = model.tokenizer.pad_token_id
     feats = {}
     for kind, idx in picks.items():
         ends = [window_parts(model, examples[i], encoded[i][0])[2] for i in idx]
-        feats[kind] = last_positions(hf, [encoded[i] for i in idx], ends, pad)
+        feats[kind] = last_positions(hf, model, [encoded[i] for i in idx], ends)
     diff = feats["harmful-refuse"].mean(0) - feats["harmless"].mean(0)
     axis = diff / diff.norm()
     return (
