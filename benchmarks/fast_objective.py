@@ -102,7 +102,7 @@ def one_run(model, dirs, harmful, harmless, args, label: str) -> dict:
         out = fn(*a, **k)
         return out, time.perf_counter() - start
 
-    prompt_ids = [tok(model.chat(p), add_special_tokens=False)["input_ids"] for p in harmful]
+    prompt_ids = model.chat_ids(harmful)
 
     def judge_cut(news: list[list[int]], n: int) -> list[bool]:
         """Verdicts on responses cut n tokens after the token that closes the thinking."""
@@ -112,8 +112,8 @@ def one_run(model, dirs, harmful, harmless, args, label: str) -> dict:
             cut.append(tok.decode(new if end is None else new[: end + n], skip_special_tokens=True))
         return judge(harmful, cut)
 
+    from thinklens.decoding import close_end
     from thinklens.generation import continue_ids, generate
-    from thinklens.rollouts import close_end
 
     @dataclass
     class Recording(AbliterationMetrics):

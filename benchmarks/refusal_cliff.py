@@ -160,11 +160,12 @@ def main() -> None:
 
     val_harmful, val_harmless = validation_prompts()
     val = study_table(m, val_harmful, val_harmless, seed=2)
-    sweep = k_sweep(cliff_by_group(m, window, val))
+    val_win = cliff_by_group(m, window, val)
+    sweep = k_sweep(val_win)
     k_window = choose_k(sweep, int((val["group"] == "harmless").sum()))
     if args.split == "val":
         res_pub = cliff_by_group(m, published, val, k=K_PUBLISHED)
-        res_win = cliff_by_group(m, window, val, k=k_window)
+        res_win = val_win.with_k(k_window)
         lines = [
             f"# refusal cliff on {args.model}, VALIDATION rollouts only, {datetime.date.today()}",
             f"{len(val_harmful)} HarmBench val behaviours plain + framed, {len(val_harmless)} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,14 @@ def held_out():
     """``held_out(n)``: harmful and harmless prompts no organism saw (public sets when present,
     else the bundled test split)."""
     return lambda n=24: held_out_prompts(SHARED_DATA, n)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker gets its share of the cores: torch's default of one
+    thread a core in every worker would oversubscribe them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from thinklens.batching import auto_batch_size, run_batched
+from thinklens.decoding import greedy_continue, stop_token_ids
 from thinklens.embedded import ORGANISMS
 from thinklens.formats import clean_response, special_markers
 from thinklens.loading import resolve_source
@@ -48,7 +49,9 @@ def generate(
             memory, the prompt length and ``max_new_tokens``, and halves it on out-of-memory;
             a number is kept as given (out-of-memory then raises).
         seed: seeds sampling so a run can be repeated.
-        engine: ``"hf"`` (the model's own ``generate``; interventions act) or ``"vllm"``
+        engine: ``"hf"`` (interventions act; greedy decoding runs ``thinklens.decoding``'s
+            cached loop, which gives the tokens of the model's own ``generate``, sampling runs
+            ``generate``) or ``"vllm"``
             (``pip install vllm``; for bulk generation on GPUs, no interventions; ``batch_size``
             is left to vLLM's scheduler).
         engine_kwargs: extra ``vllm.LLM`` arguments, e.g. ``{"tensor_parallel_size": 2}``;
@@ -93,6 +96,11 @@ def generate(
 
     def run(chunk: list[str]) -> list[str]:
         ids, mask = model.tokenize(chunk, padding_side="left")
+        if not sample:
+            # The tokens of the model's own greedy ``generate``, stopped rows leaving the batch.
+            rows = [r[m.bool()].tolist() for r, m in zip(ids, mask, strict=True)]
+            new = greedy_continue(model, rows, max_new_tokens, len(rows), answer_tokens)
+            return decode_new(model, new, skip_special_tokens)
         call = dict(kw)
         if "answer_tokens" in call:
             stop = AnswerStop(tok, model.thinking.close, ids.shape[1], call.pop("answer_tokens"))
@@ -124,11 +132,6 @@ def decode_new(
         outs = tok.batch_decode(new, skip_special_tokens=False)
         return [clean_response(o, tok, model.thinking) for o in outs]
     return tok.batch_decode(new, skip_special_tokens=skip_special_tokens)
-
-
-def stop_token_ids(tok: object) -> set[int]:
-    """The tokens that end a turn: the tokenizer's EOS and ChatML's ``<|im_end|>``."""
-    return {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} - {None, tok.unk_token_id}
 
 
 @torch.no_grad()

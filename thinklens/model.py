@@ -224,6 +224,11 @@ class Model:
         # The format's template switches (enable_thinking, /no_think) reach the template.
         return render_prompt(self.tokenizer, prompt, system, self.thinking)
 
+    def chat_ids(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each prompt in the chat template (``chat``), no special tokens added."""
+        texts = [self.chat(p) for p in prompts]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
     def trace(
         self,
         prompt: str,

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from thinklens.data import load_records
+from thinklens.decoding import close_end
 from thinklens.evaluation import Judge, MarkerJudge, is_refusal
 from thinklens.formats import clean_response, special_markers
 from thinklens.generation import continue_ids, generate
@@ -138,12 +139,6 @@ def answer_starts(
     return texts
 
 
-def close_end(tokenizer: object, new: Sequence[int], close: str) -> int | None:
-    """How many of the generated tokens ``new`` it takes to complete the marker ``close`` (the
-    tokens up to and including the one that closes the thinking), or None if it never does."""
-    return next((i for i in range(1, len(new) + 1) if close in tokenizer.decode(new[:i])), None)
-
-
 def answer_start_ids(
     model: Model, prompts: Sequence[str], max_new_tokens: int = 128, batch_size: int = 16
 ) -> list[list[int]]:
@@ -158,7 +153,7 @@ def answer_start_ids(
     leaves the prompt alone.
     """
     tok, fmt = model.tokenizer, model.thinking
-    prompt_ids = [tok(model.chat(p), add_special_tokens=False)["input_ids"] for p in prompts]
+    prompt_ids = model.chat_ids(prompts)
     if fmt.template_closes_thinking:
         return prompt_ids
     # A few tokens past the marker: the newlines the model writes before its first word.

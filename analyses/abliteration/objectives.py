@@ -3,7 +3,7 @@
 For a model that thinks first, the answer comes after the whole thinking, so generating it for
 every trial dominates a search. Four ways to count, each a ``RefusalCounter``:
 
-- ``"full"``: generate thinking and answer (``max_new_tokens``) and judge the answer.
+- ``"full"``: generate thinking and answer (``max_new_tokens``, greedy) and judge the answer.
 - ``"answer"``: the base model's own thinking, teacher-forced under the edit (one prefill, the
   exact tokens the base generated up to its closing marker and the newlines after it), then
   only the first ``answer_tokens`` answer tokens generated and judged.
@@ -18,10 +18,13 @@ every trial dominates a search. Four ways to count, each a ``RefusalCounter``:
   is a refusal (Arditi et al.'s refusal score, above 0).
 - ``"early_stop"``: full generation that stops ``answer_tokens`` tokens after the thinking
   closes.
+
+``"full"`` and ``"early_stop"`` generate with ``thinklens.decoding.greedy_continue``: the tokens
+of ``generate``, each row leaving the batch once it stops.
 - ``"draft"``: the tokens of ``"early_stop"`` (so its verdicts), with the base model's own
   early-stopped response as a draft: one forward pass under the edit checks it, and generation
   resumes only from the first token the edited model writes differently
-  (``thinklens.drafts``). A trial whose edit leaves the response alone costs one prefill.
+  (``thinklens.decoding``). A trial whose edit leaves the response alone costs one prefill.
 
 ``benchmarks/fast_objective.py`` measures each against full generation (per-prompt agreement,
 rank correlation of trial objectives over a search, cost per trial).
@@ -33,9 +36,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from thinklens.drafts import verified_continue
+from thinklens.decoding import greedy_continue
 from thinklens.evaluation import MarkerJudge, refusal_scores
-from thinklens.generation import continue_ids, decode_new, generate
+from thinklens.generation import continue_ids, decode_new
 from thinklens.model import Model
 from thinklens.probes import RefusalProbe, probe_features
 from thinklens.rollouts import answer_start_ids
@@ -123,10 +126,7 @@ class RefusalCounter:
                 )
             counter.refusal_tokens = counter._refusal_openings(base, harmless_ids)
         if objective == "draft":
-            tok = base.tokenizer
-            counter.prefixes = [
-                tok(base.chat(p), add_special_tokens=False)["input_ids"] for p in counter.prompts
-            ]
+            counter.prefixes = base.chat_ids(counter.prompts)
             counter.drafts = continue_ids(
                 base, counter.prefixes, max_new_tokens, batch_size, answer_tokens=answer_tokens
             )
@@ -199,20 +199,21 @@ class RefusalCounter:
             return MarkerJudge(fmt=None)(self.prompts, answers)
         if self.objective == "draft":
             assert self.prefixes is not None and self.drafts is not None
-            new = verified_continue(
+            new = greedy_continue(
                 model,
                 self.prefixes,
-                self.drafts,
                 self.max_new_tokens,
                 self.batch_size,
                 self.answer_tokens,
+                drafts=self.drafts,
             )
             return judge(self.prompts, decode_new(model, new))
         stop = self.answer_tokens if self.objective == "early_stop" else None
-        outs = generate(
-            model, self.prompts, self.max_new_tokens, batch_size=self.batch_size, answer_tokens=stop
+        # generate's greedy tokens, each row leaving the batch when it stops (faster).
+        new = greedy_continue(
+            model, model.chat_ids(self.prompts), self.max_new_tokens, self.batch_size, stop
         )
-        return judge(self.prompts, outs)
+        return judge(self.prompts, decode_new(model, new))
 
     def __call__(self, model: Model) -> int:
         """How many harmful prompts ``model`` refuses."""

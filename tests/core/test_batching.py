@@ -151,7 +151,9 @@ def test_a_streamed_capture_stopped_by_memory_resumes_at_another_size(tiny, monk
     ran = oom_above(monkeypatch, tiny.backend, "run", 1, first_arg_rows)
     store = tl.capture(tiny, TEXTS, ["resid_post.1"], stream_to=folder, progress=False)
     assert ran == [1, 1, 1]  # only the texts not in a shard ran, after backing off
-    assert torch.equal(store.load()["resid_post.1"], full["resid_post.1"])
+    # The first shard ran at batch size 2, the rest at 1: the same values up to the order of
+    # floating-point sums a CPU kernel picks for a batch size.
+    torch.testing.assert_close(store.load()["resid_post.1"], full["resid_post.1"])
 
 
 def test_model_logits_back_off_to_the_numbers_of_a_fixed_small_batch(tiny, monkeypatch):
@@ -182,10 +184,13 @@ def test_probe_scores_back_off_to_the_numbers_of_a_fixed_small_batch(
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_generation_backs_off_to_the_answers_of_a_fixed_small_batch(tiny, monkeypatch, temperature):
-    ran = oom_above(monkeypatch, tiny.hf, "generate", 1, generate_rows)
+    if temperature > 0:  # sampling runs transformers' generate
+        ran = oom_above(monkeypatch, tiny.hf, "generate", 1, generate_rows)
+    else:  # greedy decoding runs thinklens.decoding's loop of forward passes
+        ran = oom_above(monkeypatch, tiny.hf, "forward", 1, lambda **kw: kw["input_ids"].shape[0])
     kw = dict(max_new_tokens=5, temperature=temperature, seed=4)
     auto = tl.generate(tiny, PROMPTS, **kw)
-    assert ran == [1, 1, 1]
+    assert ran == [1, 1, 1] if temperature > 0 else set(ran) == {1}
     assert auto == tl.generate(tiny, PROMPTS, batch_size=1, **kw)
     with pytest.raises(BatchOutOfMemoryError, match="generate.*batch_size=None"):
         tl.generate(tiny, PROMPTS, batch_size=2, **kw)

@@ -389,3 +389,13 @@ def test_model_chat_and_generate_follow_the_format():
     m.thinking = QWEN3_NO_THINK
     assert m.chat("Hi") != thinking_on and "</think>" in m.chat("Hi")
     assert len(generate(m, ["Hi"], max_new_tokens=2)) == 1
+
+
+def test_chat_ids_are_the_chat_text_tokenized_without_added_specials():
+    m = tiny_model("llama")
+    ids = m.chat_ids(["Hi", "How are you?"])
+    assert [m.tokenizer.decode(x, skip_special_tokens=False) for x in ids] == [
+        m.chat("Hi"),
+        m.chat("How are you?"),
+    ]
+    assert ids[0] == m.tokenizer(m.chat("Hi"), add_special_tokens=False)["input_ids"]

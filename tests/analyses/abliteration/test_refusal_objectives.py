@@ -82,16 +82,16 @@ def test_cheap_objectives_agree_with_full_generation_on_the_base_model(
     harmful = bundled_prompts("harmful", "test")[:6]
     harmless = bundled_prompts("harmless", "test")[:6]
     metrics = AbliterationMetrics.prepare(m, harmful, harmless, thinking=True, max_new_tokens=160)
-    full = RefusalCounter.prepare(m, harmful, "full", max_new_tokens=160)
+    want = RefusalCounter.prepare(m, harmful, "full", max_new_tokens=160).verdicts(m)
     # With room for the whole answer, greedy decoding after the base's own thinking follows
     # the path full generation took: the same verdicts.
     long = RefusalCounter.prepare(m, harmful, "answer", max_new_tokens=160, answer_tokens=100)
-    assert long.verdicts(m) == full.verdicts(m)
+    assert long.verdicts(m) == want
     probe = metrics.with_objective(m, "probe")
-    assert probe.counter is not None and probe.counter.verdicts(m) == full.verdicts(m)
+    assert probe.counter is not None and probe.counter.verdicts(m) == want
     first = metrics.with_objective(m, "first_token").counter
     assert first is not None and first.refusal_tokens
-    assert first.verdicts(m) == full.verdicts(m)
+    assert first.verdicts(m) == want
 
 
 @pytest.mark.real
@@ -131,7 +131,7 @@ def test_a_thinking_model_searches_with_early_stop_by_default(tmp_path):
 
 
 def test_close_end_counts_the_tokens_up_to_the_one_that_completes_the_marker(tiny_setup):
-    from thinklens.rollouts import close_end
+    from thinklens.decoding import close_end
 
     tok = tiny_setup[0].tokenizer
     head = tok("I should refuse.\n", add_special_tokens=False)["input_ids"]
@@ -157,7 +157,7 @@ def test_draft_counts_as_early_stop_under_an_edit():
 @pytest.mark.real
 @needs_aligned
 def test_draft_gives_early_stops_verdicts_on_an_abliterated_organism(aligned):
-    from thinklens.drafts import verified_continue
+    from thinklens.decoding import greedy_continue
     from thinklens.interventions.abliteration.weights import apply
 
     m = aligned
@@ -169,5 +169,5 @@ def test_draft_gives_early_stops_verdicts_on_an_abliterated_organism(aligned):
     for model in (m, edited):
         assert draft.verdicts(model) == early.verdicts(model)
     # The edit makes the organism write otherwise, so the drafts are rejected part-way.
-    new = verified_continue(edited, draft.prefixes, draft.drafts, 120, answer_tokens=8)
+    new = greedy_continue(edited, draft.prefixes, 120, answer_tokens=8, drafts=draft.drafts)
     assert new != draft.drafts

@@ -39,3 +39,12 @@ def test_last_score_is_read_on_the_training_texts(tiny, random_probe):
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     # Every scored token lies before the answer: nothing after the marker is read.
     assert (res.scores["from_answer"] < 0).all()
+
+
+def test_with_k_reads_the_same_scores_as_scoring_again(tiny, random_probe):
+    table = pd.DataFrame(ROWS)
+    probe = random_probe(tiny)
+    at_2 = cliff_by_group(tiny, probe, table, k=2, progress=False)
+    at_4 = cliff_by_group(tiny, probe, table, k=4, progress=False)
+    pd.testing.assert_frame_equal(at_2.with_k(4).cliffs, at_4.cliffs)
+    pd.testing.assert_frame_equal(at_2.with_k(4).comparisons, at_4.comparisons)

@@ -198,9 +198,10 @@ def test_heretic_published_weights_equal_brute_force(index):
                 continue
             n_edited += 1
             want = heretic_weight(mod.weight, vs[l], lam, 3, seed=7)
-            torch.testing.assert_close(got.weight, want, atol=1e-6, rtol=0)
+            torch.testing.assert_close(got.weight, want, atol=4e-6, rtol=0)
             want_exact = heretic_weight(mod.weight, vs[l], lam, None, seed=7)
-            torch.testing.assert_close(ex.weight, want_exact, atol=1e-6, rtol=0)
+            # float32 weights of size ~1: a few units in the last place apart.
+            torch.testing.assert_close(ex.weight, want_exact, atol=4e-6, rtol=0)
             assert (got.weight - ex.weight).abs().max() > 1e-4  # rank 3 is not the exact edit
     assert n_edited == 7  # attn: layers 0-3; mlp: layers 1-3
     assert new.hf.thinklens_edit["low_rank"] == [3] and not new.hf.thinklens_edit["biases_edited"]

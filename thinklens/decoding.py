@@ -1,14 +1,19 @@
-"""Greedy continuation checked against a draft: the tokens ``continue_ids`` gives, with
-generation paid only from the first token the model writes differently from the draft.
+"""Greedy decoding with a key-value cache: each row leaves the batch as soon as it stops, and an
+optional draft (an earlier output) is checked in one pass so only the rest is generated.
 
-A search trial asks the same prompts again under a slightly different edit, and most of what
-the base model wrote (its thinking, often its answer) the edited model writes too. One forward
-pass over prompt + draft gives the model's greedy choice at every draft position; the agreed
-prefix and the model's own token at the first disagreement are kept, and only the rest is
-generated, from that pass's own key-value cache (the rejected draft tokens masked out). Under
-greedy decoding this is the output of ``continue_ids`` (the check of speculative decoding, with
-an earlier output as the draft), up to floating-point ties between the two top tokens (a
-full-sequence pass and a cached step round differently).
+``greedy_continue`` gives the tokens of ``transformers``' greedy ``generate`` (``generate``'s
+greedy path uses it): a stopped row costs nothing more, where ``generate`` computes every row
+until the last one stops.
+
+Drafts (``drafts=``): a search trial asks the same prompts again under a slightly different
+edit, and most of what the base model wrote (its thinking, often its answer) the edited model
+writes too. One forward pass over prompt + draft
+gives the model's greedy choice at every draft position; the agreed prefix and the model's own
+token at the first disagreement are kept, and only the rest is generated, from that pass's own
+key-value cache (the rejected draft tokens masked out). Under greedy decoding this is the output
+of ``continue_ids`` (the check of speculative decoding, with an earlier output as the draft), up
+to floating-point ties between the two top tokens (a full-sequence pass and a cached step round
+differently).
 """
 
 from __future__ import annotations
@@ -18,9 +23,18 @@ from collections.abc import Sequence
 
 import torch
 
-from thinklens.generation import stop_token_ids
 from thinklens.model import Model
-from thinklens.rollouts import close_end
+
+
+def stop_token_ids(tok: object) -> set[int]:
+    """The tokens that end a turn: the tokenizer's EOS and ChatML's ``<|im_end|>``."""
+    return {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} - {None, tok.unk_token_id}
+
+
+def close_end(tokenizer: object, new: Sequence[int], close: str) -> int | None:
+    """How many of the generated tokens ``new`` it takes to complete the marker ``close`` (the
+    tokens up to and including the one that closes the thinking), or None if it never does."""
+    return next((i for i in range(1, len(new) + 1) if close in tokenizer.decode(new[:i])), None)
 
 
 def finish(
@@ -103,48 +117,62 @@ def _batch(
         done.append(stopped)
     cache = _cache_of(out)
     key = _cache_kwarg(model.hf)
-    while not all(done):
-        step = torch.tensor([[n[-1] if not d else pad] for n, d in zip(news, done, strict=True)])
+    active = list(range(len(news)))
+    while True:
+        # A finished row leaves the batch (and the cache): the steps after it cost only the
+        # rows still writing, where generate computes every row until the last one stops.
+        still = [k for k, r in enumerate(active) if not done[r]]
+        if not still:
+            break
+        if len(still) < len(active):
+            keep_rows = torch.tensor(still, device=mask.device)
+            cache.batch_select_indices(keep_rows)
+            mask = mask[keep_rows]
+            active = [active[k] for k in still]
+        step = torch.tensor([[news[r][-1]] for r in active], device=ids.device)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         out = model.hf(
-            input_ids=step.to(ids.device),
+            input_ids=step,
             attention_mask=mask,
             position_ids=mask.sum(-1, keepdim=True) - 1,
             use_cache=True,
             **{key: cache},
         )
         cache = _cache_of(out)
-        for r, t in enumerate(out.logits[:, -1].argmax(-1).tolist()):
-            if not done[r]:
-                new = news[r] + [t]
-                closed[r] = close_seen(tok, new, close, closed[r]) if watch else None
-                news[r], done[r] = finish(new, closed[r], eos, max_new_tokens, answer_tokens)
+        for r, t in zip(active, out.logits[:, -1].argmax(-1).tolist(), strict=True):
+            new = news[r] + [t]
+            closed[r] = close_seen(tok, new, close, closed[r]) if watch else None
+            news[r], done[r] = finish(new, closed[r], eos, max_new_tokens, answer_tokens)
     for row in news:
         while row and row[-1] == pad:  # as continue_ids: trailing padding is not output
             row.pop()
     return news
 
 
-def verified_continue(
+def greedy_continue(
     model: Model,
     prefixes: Sequence[Sequence[int]],
-    drafts: Sequence[Sequence[int]],
     max_new_tokens: int,
     batch_size: int = 16,
     answer_tokens: int | None = None,
+    drafts: Sequence[Sequence[int]] | None = None,
 ) -> list[list[int]]:
-    """Greedy new token ids after each prefix, as ``continue_ids`` gives them, using ``drafts``
-    (an earlier greedy output for the same prefix, e.g. the base model's) to skip generation.
+    """Greedy new token ids after each prefix, as ``continue_ids`` gives them: each row leaves
+    the batch as soon as it stops (at a stop token, ``answer_tokens`` after its thinking closes,
+    or ``max_new_tokens``), so a batch costs the tokens its rows write, not its longest row's
+    length times its size.
 
-    ``answer_tokens`` stops a row that many tokens after the thinking closes, as in
-    ``continue_ids``.
+    ``drafts``: an earlier greedy output for each prefix (e.g. the base model's), checked in one
+    pass so that only what follows the first difference is generated (the module docstring).
     """
+    if drafts is None:
+        drafts = [[] for _ in prefixes]
     if len(prefixes) != len(drafts):
         raise ValueError(f"{len(prefixes)} prefixes but {len(drafts)} drafts: give one draft each")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: give at least 1")
     if not prefixes or any(len(p) == 0 for p in prefixes):
-        raise ValueError("verified_continue needs non-empty token prefixes")
+        raise ValueError("greedy_continue needs non-empty token prefixes")
     tok = model.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     final = []

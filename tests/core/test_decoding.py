@@ -1,12 +1,17 @@
-"""Continuation checked against a draft gives exactly greedy generation's tokens."""
+"""Greedy decoding with a key-value cache (and drafts) gives exactly greedy generation's tokens."""
 
 from __future__ import annotations
 
 import pytest
 
-from thinklens.drafts import close_seen, finish, verified_continue
-from thinklens.generation import continue_ids, stop_token_ids
-from thinklens.rollouts import close_end
+from thinklens.decoding import (
+    close_end,
+    close_seen,
+    finish,
+    greedy_continue,
+    stop_token_ids,
+)
+from thinklens.generation import continue_ids, decode_new, generate
 from thinklens.testing import tiny_model
 
 
@@ -29,12 +34,12 @@ def test_any_draft_gives_the_tokens_of_greedy_generation(models, answer_tokens):
     for model in (base, edited):
         want = continue_ids(model, prefixes, 12, answer_tokens=answer_tokens)
         for drafts in (own, bad, [[] for _ in own], [d[:5] for d in own]):
-            got = verified_continue(
-                model, prefixes, drafts, 12, batch_size=2, answer_tokens=answer_tokens
+            got = greedy_continue(
+                model, prefixes, 12, batch_size=2, answer_tokens=answer_tokens, drafts=drafts
             )
             assert got == want
     with pytest.raises(ValueError, match="3 prefixes but 1 drafts"):
-        verified_continue(base, prefixes, own[:1], 12)
+        greedy_continue(base, prefixes, 12, drafts=own[:1])
 
 
 def test_finish_cuts_where_generation_stops(models):
@@ -56,3 +61,20 @@ def test_finish_cuts_where_generation_stops(models):
     stop = sorted(eos)[0]
     assert finish(think[:1] + [stop] + answer, None, eos, 50, 2) == (think[:1] + [stop], True)
     assert finish(think[:1], None, eos, 50, 2) == (think[:1], False)
+
+
+@pytest.mark.parametrize("answer_tokens", [None, 1])
+def test_greedy_decoding_writes_what_transformers_generate_writes(models, answer_tokens):
+    """Rows that leave the batch early change no row's tokens (``continue_ids``, which runs
+    transformers' ``generate``, is the reference); ``generate``'s greedy path is this loop."""
+    prompts = ["Hi there?", "Name a colour.", "What is two plus two, please?", "Go."]
+    for m in models:
+        ids = m.chat_ids(prompts)
+        want = continue_ids(m, ids, 10, batch_size=3, answer_tokens=answer_tokens)
+        got = greedy_continue(m, ids, 10, batch_size=3, answer_tokens=answer_tokens)
+        assert got == want
+        assert generate(m, prompts, 10, batch_size=3, answer_tokens=answer_tokens) == (
+            decode_new(m, want)
+        )
+        # A smaller budget gives the first tokens of a larger one.
+        assert greedy_continue(m, ids, 3, batch_size=4) == [r[:3] for r in got]
