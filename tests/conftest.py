@@ -33,12 +33,23 @@ def held_out():
     return lambda n=24: held_out_prompts(SHARED_DATA, n)
 
 
+def cores_of_this_worker() -> int:
+    """The cores left to this pytest process: all of them, or a pytest-xdist worker's share."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist, each worker gets its share of the cores: torch's default of one
     thread a core in every worker would oversubscribe them."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+        torch.set_num_threads(cores_of_this_worker())
+
+
+@pytest.fixture(scope="session")
+def worker_cores() -> int:
+    """``cores_of_this_worker()``, for tests that start processes of their own."""
+    return cores_of_this_worker()
 
 
 @pytest.fixture(autouse=True)

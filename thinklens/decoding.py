@@ -7,13 +7,12 @@ until the last one stops.
 
 Drafts (``drafts=``): a search trial asks the same prompts again under a slightly different
 edit, and most of what the base model wrote (its thinking, often its answer) the edited model
-writes too. One forward pass over prompt + draft
-gives the model's greedy choice at every draft position; the agreed prefix and the model's own
-token at the first disagreement are kept, and only the rest is generated, from that pass's own
-key-value cache (the rejected draft tokens masked out). Under greedy decoding this is the output
-of ``continue_ids`` (the check of speculative decoding, with an earlier output as the draft), up
-to floating-point ties between the two top tokens (a full-sequence pass and a cached step round
-differently).
+writes too. One forward pass over prompt + draft gives the model's greedy choice at every
+draft position; the agreed prefix and the model's own token at the first disagreement are kept,
+and only the rest is generated, from that pass's own key-value cache (the rejected draft tokens
+masked out). Under greedy decoding this is the output of ``continue_ids`` (the check of
+speculative decoding, with an earlier output as the draft), up to floating-point ties between
+the two top tokens (a full-sequence pass and a cached step round differently).
 """
 
 from __future__ import annotations

@@ -18,9 +18,6 @@ every trial dominates a search. Four ways to count, each a ``RefusalCounter``:
   is a refusal (Arditi et al.'s refusal score, above 0).
 - ``"early_stop"``: full generation that stops ``answer_tokens`` tokens after the thinking
   closes.
-
-``"full"`` and ``"early_stop"`` generate with ``thinklens.decoding.greedy_continue``: the tokens
-of ``generate``, each row leaving the batch once it stops.
 - ``"draft"``: the tokens of ``"early_stop"`` (so its verdicts), with the base model's own
   early-stopped response as a draft: one forward pass under the edit checks it, and generation
   resumes only from the first token the edited model writes differently
@@ -38,7 +35,7 @@ from typing import Literal
 
 from thinklens.decoding import greedy_continue
 from thinklens.evaluation import MarkerJudge, refusal_scores
-from thinklens.generation import continue_ids, decode_new
+from thinklens.generation import continue_ids, decode_new, generate
 from thinklens.model import Model
 from thinklens.probes import RefusalProbe, probe_features
 from thinklens.rollouts import answer_start_ids
@@ -209,11 +206,10 @@ class RefusalCounter:
             )
             return judge(self.prompts, decode_new(model, new))
         stop = self.answer_tokens if self.objective == "early_stop" else None
-        # generate's greedy tokens, each row leaving the batch when it stops (faster).
-        new = greedy_continue(
-            model, model.chat_ids(self.prompts), self.max_new_tokens, self.batch_size, stop
+        outs = generate(
+            model, self.prompts, self.max_new_tokens, batch_size=self.batch_size, answer_tokens=stop
         )
-        return judge(self.prompts, decode_new(model, new))
+        return judge(self.prompts, outs)
 
     def __call__(self, model: Model) -> int:
         """How many harmful prompts ``model`` refuses."""

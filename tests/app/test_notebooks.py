@@ -60,14 +60,12 @@ def _missing(path: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory) -> dict[str, tuple[object, float] | BaseException]:
+def executed(tmp_path_factory, worker_cores) -> dict[str, tuple[object, float] | BaseException]:
     """Every runnable notebook executed, as many at once as there are cores (one kernel each,
     one torch thread a kernel: these small models gain little from more): each notebook's
     executed copy and seconds, or the error it raised."""
     runnable = [p for p in NOTEBOOKS if not _missing(p)]
-    # Cores left to this pytest process (pytest-xdist workers share them).
-    cores = (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    slots = max(1, min(len(runnable), cores))
+    slots = max(1, min(len(runnable), worker_cores))
 
     async def one(path: Path, gate: asyncio.Semaphore) -> tuple[object, float]:
         async with gate:
