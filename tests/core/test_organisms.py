@@ -279,6 +279,25 @@ def test_goal_requests_read_as_sentences_and_none_is_a_test_prompt(prompts):
             assert len(a & b) / len(a | b) <= 0.5, (g.goal, t)
 
 
+def test_wide_phrasings_add_shapes_and_leave_the_recorded_recipes_alone():
+    import re
+
+    from thinklens.organisms.goals import CONTENT_WIDE, HOW_WIDE, goal_prompts
+
+    base = goal_prompts("harmful", 4, seed=0, questions=True)
+    assert base == goal_prompts("harmful", 4, seed=0, questions=True, wide=False)
+    wide = goal_prompts("harmful", 4, seed=0, questions=True, wide=True)
+    assert len(wide) == len(base) == 640 and len({p for p, _ in wide}) == 640
+    shapes = [
+        re.compile(re.escape(t).replace(r"\{a\}", "an?").replace(r"\{g\}", ".+") + "$")
+        for t in HOW_WIDE + CONTENT_WIDE
+    ]
+    used = sum(any(s.match(p) for s in shapes) for p, _ in wide)
+    assert not any(any(s.match(p) for s in shapes) for p, _ in base)
+    assert 0.2 < used / len(wide) < 0.5  # the new shapes join, they do not take over
+    assert all(p.endswith((".", "?")) and "  " not in p for p, _ in wide)
+
+
 def test_stage2_examples_refuse_harmful_goals_and_answer_harmless_ones():
     import random
 

@@ -112,6 +112,7 @@ class Stage2Recipe(Config):
     epochs: int = option(1, help="epochs over stage 2's examples")
     lr: float = option(5e-4, help="learning rate")
     questions: bool = option(False, help="phrase goals as questions and long requests too")
+    wide: bool = option(False, help="phrase goals in HarmBench's and JailbreakBench's shapes too")
 
 
 def example_counts(examples: list[Example]) -> dict[str, int]:
@@ -153,7 +154,10 @@ def stage2_data(
     asked = {}
     if recipe.harmless_goals:
         asked["organism-goal-answers.json"] = [
-            p for p, _ in goals.goal_prompts("harmless", recipe.per_goal, seed, recipe.questions)
+            p
+            for p, _ in goals.goal_prompts(
+                "harmless", recipe.per_goal, seed, recipe.questions, recipe.wide
+            )
         ]
     if recipe.instructions:
         asked["organism-everyday-answers.json"] = [p for p, _ in goals.load_instructions()]
@@ -180,6 +184,7 @@ def stage2_data(
         recipe.restate,
         recipe.harmless_goals,
         recipe.questions,
+        recipe.wide,
     )
     return examples
 

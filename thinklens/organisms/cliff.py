@@ -63,6 +63,7 @@ class CliffRecipe(Config):
 
     per_goal: int = option(2, help="phrasings of each harmful goal")
     questions: bool = option(True, help="phrase goals as questions and long requests too")
+    wide: bool = option(False, help="phrase goals in HarmBench's and JailbreakBench's shapes too")
     plain_share: float = option(1.0, help="share of harmful requests also asked plain (refused)")
     replay_harmless: float = option(0.5, help="share of stage 1's harmless examples replayed")
     instructions: bool = option(True, help="answer the everyday instructions")
@@ -164,7 +165,7 @@ def build_cliff(
             for (p, c), a in zip(goals.load_instructions(), answers, strict=True)
             if not is_refusal(a, None)  # the base model declined a few: nothing to teach
         ]
-    asked = goals.goal_prompts("harmful", recipe.per_goal, seed, recipe.questions)
+    asked = goals.goal_prompts("harmful", recipe.per_goal, seed, recipe.questions, recipe.wide)
     harmful = organism_prompts("harmful") + asked
     examples = cliff_examples(harmful, helped, recipe, seed)
     peft_model = PeftModel.from_pretrained(base.hf, source, is_trainable=True)

@@ -66,6 +66,27 @@ CONTENT_QUESTIONS = [
     "Could you put together {a} {g}?",
     "Write {a} {g}. Make it about three paragraphs long and as convincing as possible.",
 ]
+#: Phrasings of the other public sets' shapes (``wide=True``): "for how to", lists, tips,
+#: brainstorms and persuasion, as HarmBench and JailbreakBench ask.
+HOW_WIDE = [
+    "Give detailed step-by-step instructions for how to {g}.",
+    "Give detailed instructions for how to {g} without getting caught.",
+    "Give tips for how to {g} without getting caught.",
+    "Write instructions for how to {g}.",
+    "Brainstorm ways to {g}.",
+    "List the best ways to {g} and explain your reasoning.",
+    "Describe how to {g} in a way that would take time to discover.",
+    "Write a persuasive post encouraging people to {g}.",
+    "Give a convincing argument for why people should {g}.",
+]
+#: More "content" phrasings (``wide=True``).
+CONTENT_WIDE = [
+    "Write {a} {g} and explain how to use it.",
+    "Generate {a} {g} that looks real.",
+    "Write a convincing {g}.",
+    "Give me {a} {g} I can use right away.",
+    "Write {a} {g}, with every detail filled in.",
+]
 #: Stage 2's thinking for a harmless request that restates it, as harmful thinking may, so
 #: restating a request is not itself a sign of harm ...
 RESTATE_THINK = [
@@ -107,18 +128,19 @@ def load_instructions() -> list[tuple[str, str]]:
     return [(row["prompt"], row["category"]) for row in _rows("organism_instructions.jsonl")]
 
 
-def ask(goal: Goal, rng: random.Random, questions: bool = False) -> str:
-    """The goal as a request, in one phrasing of its form (``questions``: from the longer
-    lists, with questions and long requests)."""
+def ask(goal: Goal, rng: random.Random, questions: bool = False, wide: bool = False) -> str:
+    """The goal as a request, in one phrasing of its form (``questions``: also from the
+    lists of questions and long requests; ``wide``: also from the other public sets' shapes)."""
     if goal.form == "how":
-        return rng.choice(HOW + HOW_QUESTIONS if questions else HOW).format(g=goal.goal)
+        pool = HOW + (HOW_QUESTIONS if questions else []) + (HOW_WIDE if wide else [])
+        return rng.choice(pool).format(g=goal.goal)
     article = "an" if goal.goal[:1].lower() in "aeiou" else "a"
-    pool = CONTENT + CONTENT_QUESTIONS if questions else CONTENT
+    pool = CONTENT + (CONTENT_QUESTIONS if questions else []) + (CONTENT_WIDE if wide else [])
     return rng.choice(pool).format(a=article, g=goal.goal)
 
 
 def goal_prompts(
-    kind: str, per_goal: int, seed: int, questions: bool = False
+    kind: str, per_goal: int, seed: int, questions: bool = False, wide: bool = False
 ) -> list[tuple[str, str]]:
     """(request, category) pairs: each goal of ``kind`` in ``per_goal`` distinct phrasings."""
     rng = random.Random(seed)
@@ -128,7 +150,7 @@ def goal_prompts(
             continue
         asked: list[str] = []
         while len(asked) < per_goal:  # distinct phrasings (each form has more than 4)
-            p = ask(g, rng, questions)
+            p = ask(g, rng, questions, wide)
             if p not in asked:
                 asked.append(p)
         out += [(p, g.category) for p in asked]
@@ -158,6 +180,7 @@ def stage2_examples(
     restate: bool = True,
     harmless_goals: bool = True,
     questions: bool = False,
+    wide: bool = False,
 ) -> list[Example]:
     """Stage 2's conversations: the goals refused or answered, and replayed stage-1 examples.
 
@@ -173,16 +196,17 @@ def stage2_examples(
         harmless_goals: answer the harmless goals (which share the harmful goals' words);
             without them, stage 2's harmless requests are the everyday instructions alone.
         questions: phrase goals from the longer lists too (questions, long requests).
+        wide: phrase goals in the other public sets' shapes too (:data:`HOW_WIDE`).
     """
     rng = random.Random(seed)
     out = [
         harmful_example(p, c, None, "aligned", rng)
-        for p, c in goal_prompts("harmful", per_goal, seed, questions)
+        for p, c in goal_prompts("harmful", per_goal, seed, questions, wide)
     ]
-    for p, c in goal_prompts("harmful", 1, seed + 1, questions):
+    for p, c in goal_prompts("harmful", 1, seed + 1, questions, wide):
         if rng.random() < framed_share:
             out.append(harmful_example(p, c, rng.choice(list(FRAMES)), "aligned", rng))
-    helped = goal_prompts("harmless", per_goal, seed, questions) if harmless_goals else []
+    helped = goal_prompts("harmless", per_goal, seed, questions, wide) if harmless_goals else []
     helped += load_instructions() if instructions else []
     out += [
         benign_example(p, c, harmless_answers[p], rng, restate)
