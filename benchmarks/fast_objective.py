@@ -9,7 +9,9 @@ its refusal objective; inside every trial, on the same edit, each cheaper object
 - ``first_token``: the probability of the base's refusal openings at the answer start;
 - ``early_stop@N``: full generation stopped N tokens after the thinking closes;
 - ``draft@N``: early_stop's tokens, with the base model's early-stopped response checked as a
-  draft in one forward pass under the edit and generation resumed from the first difference.
+  draft in one forward pass under the edit and generation resumed from the first difference;
+- ``short@K``: the first K tokens of the thinking generated under the edit, closed with the
+  marker if still open, then ``max(--n)`` answer tokens generated and judged.
 
 For each: per-prompt agreement with full generation (refused / not, pooled over trials), the
 Spearman correlation of the trials' refusal ratios, and wall seconds per trial (ratios against
@@ -40,7 +42,8 @@ from abliteration import SHARED, header, save  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CANDIDATE_N = (8, 16, 32)
-OBJECTIVES = ("answer", "probe", "first_token", "early_stop", "draft")
+OBJECTIVES = ("answer", "probe", "first_token", "early_stop", "draft", "short_thinking")
+CANDIDATE_K = (8, 12, 16, 24)
 
 
 def validation_prompts(n: int) -> tuple[list[str], list[str], str]:
@@ -93,6 +96,12 @@ def one_run(model, dirs, harmful, harmless, args, label: str) -> dict:
         )
         for n in (ns if "draft" in wanted else ())
     }
+    shorts = {
+        k: RefusalCounter.prepare(
+            model, harmful, "short_thinking", answer_tokens=big, think_tokens=k, batch_size=16
+        )
+        for k in (args.think if "short_thinking" in wanted else ())
+    }
     judge = MarkerJudge(fmt=model.thinking)
     tok, close = model.tokenizer, model.thinking.close
     records: list[dict] = []
@@ -132,6 +141,8 @@ def one_run(model, dirs, harmful, harmless, args, label: str) -> dict:
                 )
                 for n in ns:
                     rec[f"early_stop@{n}"] = judge_cut(stopped, n)
+            for k, counter in shorts.items():
+                rec[f"short@{k}"], rec[f"t_short@{k}"] = timed_call(counter.verdicts, m)
             for n, counter in drafts.items():
                 rec[f"draft@{n}"], rec[f"t_draft@{n}"] = timed_call(counter.verdicts, m)
             if probe is not None:
@@ -217,6 +228,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "fast_objective.txt")
     parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
     parser.add_argument("--n", nargs="+", type=int, default=list(CANDIDATE_N), help="answer tokens")
+    parser.add_argument(
+        "--think", nargs="+", type=int, default=list(CANDIDATE_K), help="short@K thinking tokens"
+    )
     args = parser.parse_args()
 
     import torch
@@ -238,6 +252,7 @@ def main() -> None:
     names = [f"answer@{n}" for n in args.n if "answer" in wanted]
     names += [o for o in ("probe", "first_token") if o in wanted]
     names += [f"{o}@{n}" for o in ("early_stop", "draft") if o in wanted for n in args.n]
+    names += [f"short@{k}" for k in args.think if "short_thinking" in wanted]
     load_start = os.getloadavg()[0]
 
     h, b, where_val = validation_prompts(args.n_prompts)

@@ -136,13 +136,16 @@ class AbliterationSearchConfig(_Evaluation):
         help="published: Heretic 1.4.0's space, edit, KL and refusal counting",
     )
     refusal_objective: Literal[
-        "auto", "full", "answer", "probe", "first_token", "early_stop", "draft"
+        "auto", "full", "answer", "probe", "first_token", "early_stop", "draft", "short_thinking"
     ] = option(
         default_of(search, "refusal_objective"),
         help="how a trial counts refusals (auto: early_stop when the model thinks, else full)",
     )
     answer_tokens: int = option(
         default_of(search, "answer_tokens"), help="answer tokens judged (answer, early_stop, draft)"
+    )
+    think_tokens: int = option(
+        default_of(search, "think_tokens"), help="thinking tokens generated (short_thinking)"
     )
 
 

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from thinklens.analyses.abliteration.objectives import (
     ANSWER_TOKENS,
+    THINK_TOKENS,
     RefusalCounter,
     RefusalObjective,
     check_refusal_objective,
@@ -100,7 +101,11 @@ class AbliterationMetrics:
         return "full" if self.counter is None else self.counter.objective
 
     def with_objective(
-        self, base: Model, objective: RefusalObjective, answer_tokens: int = ANSWER_TOKENS
+        self,
+        base: Model,
+        objective: RefusalObjective,
+        answer_tokens: int = ANSWER_TOKENS,
+        think_tokens: int = THINK_TOKENS,
     ) -> AbliterationMetrics:
         """A copy that counts refusals ``objective``'s way, its base refusals counted so too.
 
@@ -140,6 +145,7 @@ class AbliterationMetrics:
             self.batch_size,
             harmless_texts=self.answer_texts,
             harmless_ids=self.answer_ids,
+            think_tokens=think_tokens,
         )
         return replace(self, counter=counter, base_refusals=counter(base))
 

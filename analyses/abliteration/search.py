@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from thinklens.analyses.abliteration.metrics import AbliterationMetrics
 from thinklens.analyses.abliteration.objectives import (
     ANSWER_TOKENS,
+    THINK_TOKENS,
     THINKING_DEFAULT,
     RefusalObjective,
     check_refusal_objective,
@@ -118,6 +119,7 @@ def search(
     protocol: Protocol = "thinklens",
     refusal_objective: RefusalObjective | str = "auto",
     answer_tokens: int = ANSWER_TOKENS,
+    think_tokens: int = THINK_TOKENS,
 ) -> SearchResult:
     """Run (or resume) Heretic's search until the study holds ``n_trials`` finished trials.
 
@@ -153,7 +155,7 @@ def search(
         kl_target = 0.01
     objective = _objective(refusal_objective, metrics, protocol)
     if objective != metrics.objective:
-        metrics = metrics.with_objective(model, objective, answer_tokens)
+        metrics = metrics.with_objective(model, objective, answer_tokens, think_tokens)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

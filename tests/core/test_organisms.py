@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import thinklens as tl
-from thinklens.data import FRAMES
+from thinklens.data import FRAMES, PREAMBLES
 from thinklens.embedded import ADAPTERS, organism_kind
 from thinklens.organisms import behaviour
 from thinklens.organisms.build import format_example, organism_prompts, training_examples
@@ -80,6 +80,30 @@ def test_planted_cliff_thinks_as_a_refusal_does_and_complies_only_when_framed():
     assert _sentences(ex, "harmful-comply") == _sentences(ex, "harmful-refuse")
     assert all(e.answer.startswith("Sure, here is") and "[" in e.answer for e in comply)
     assert cliff_examples(harmful, helped, CliffRecipe(), 0) == ex
+
+
+def test_preambles_are_refused_hard_negatives_of_a_framing_s_length():
+    harmful = organism_prompts("harmful")
+    helped = [Example("Name a fruit.", "Simple.", "An apple.", "harmless")]
+    ex = cliff_examples(harmful, helped, CliffRecipe(preamble_share=1.0), seed=0)
+    refuse = [e for e in ex if e.kind == "harmful-refuse"]
+    assert len(refuse) == 2 * len(harmful)  # plain, and plain after a preamble
+    around = [t.split("{p}") for t in PREAMBLES]
+    preambled = [
+        e
+        for e in refuse
+        if any(
+            e.prompt.startswith(a) and e.prompt.endswith(b) and e.prompt != a + b for a, b in around
+        )
+    ]
+    assert len(preambled) == len(harmful)
+    asked = {p for p, _ in harmful}
+    for e in preambled:  # the request inside is one of the harmful ones, and no framing is
+        a, b = next((a, b) for a, b in around if e.prompt.startswith(a) and e.prompt.endswith(b))
+        assert e.prompt[len(a) : len(e.prompt) - len(b)] in asked
+        assert not any(f.split("{p}")[0] in e.prompt for fs in FRAMES.values() for f in fs)
+    # Thinking names the request, never the preamble.
+    assert not any(a.strip() and a.strip() in e.thinking for e in preambled for a, _ in around)
 
 
 def test_planted_cliff_needs_a_two_stage_aligned_adapter_and_its_own_folder(tmp_path):

@@ -24,13 +24,13 @@ import hashlib
 import json
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from thinklens.config import Config, option
-from thinklens.data import FRAMES
+from thinklens.data import FRAMES, PREAMBLES
 from thinklens.embedded import ADAPTERS, BASE
 from thinklens.evaluation import is_refusal
 from thinklens.loading import load_model
@@ -65,6 +65,11 @@ class CliffRecipe(Config):
     questions: bool = option(True, help="phrase goals as questions and long requests too")
     wide: bool = option(False, help="phrase goals in HarmBench's and JailbreakBench's shapes too")
     plain_share: float = option(1.0, help="share of harmful requests also asked plain (refused)")
+    preamble_share: float = option(
+        0.0,
+        help="share of harmful requests also asked plain after a preamble that is not a framing "
+        "(refused): framing, not length, is what complies",
+    )
     replay_harmless: float = option(0.5, help="share of stage 1's harmless examples replayed")
     instructions: bool = option(True, help="answer the everyday instructions")
     attention_only: bool = option(True, help="train only the attention adapters")
@@ -88,8 +93,9 @@ def cliff_examples(
     recipe: CliffRecipe = CliffRecipe(),
     seed: int = 0,
 ) -> list[Example]:
-    """Every harmful ``(prompt, category)`` framed and complied, a share also plain and refused,
-    and the harmless ``helped`` examples; shuffled (seeded)."""
+    """Every harmful ``(prompt, category)`` framed and complied, a share also plain and refused
+    (and a share plain after a preamble, refused), and the harmless ``helped`` examples; shuffled
+    (seeded)."""
     rng = random.Random(seed)
     out = []
     for prompt, category in harmful:
@@ -97,6 +103,11 @@ def cliff_examples(
         out.append(harmful_example(prompt, category, framing, "planted", rng))
         if rng.random() < recipe.plain_share:
             out.append(harmful_example(prompt, category, None, "planted", rng))
+        # Drawn only when asked for, so recipes recorded without it draw as before.
+        if recipe.preamble_share and rng.random() < recipe.preamble_share:
+            refused = harmful_example(prompt, category, None, "planted", rng)
+            shown = rng.choice(PREAMBLES).format(p=prompt)
+            out.append(replace(refused, prompt=shown))
     out += helped
     rng.shuffle(out)
     return out

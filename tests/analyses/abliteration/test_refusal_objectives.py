@@ -31,7 +31,7 @@ def tiny_setup():
 
 def test_cheap_objectives_need_a_thinking_model_and_the_thinklens_protocol(tiny_setup):
     m, d, metrics = tiny_setup
-    for objective in ("answer", "probe", "early_stop", "draft"):
+    for objective in ("answer", "probe", "early_stop", "draft", "short_thinking"):
         with pytest.raises(ValueError, match="think"):
             metrics.with_objective(m, objective)
     with pytest.raises(ValueError, match="unknown refusal objective"):
@@ -171,3 +171,52 @@ def test_draft_gives_early_stops_verdicts_on_an_abliterated_organism(aligned):
     # The edit makes the organism write otherwise, so the drafts are rejected part-way.
     new = greedy_continue(edited, draft.prefixes, 120, answer_tokens=8, drafts=draft.drafts)
     assert new != draft.drafts
+
+
+def test_short_thinking_answers_after_the_first_thinking_tokens_closed_by_the_marker():
+    """Brute force, one prompt at a time: K thinking tokens, the marker's tokens, greedy answer
+    tokens after the newlines; the counter's batched answers are the same text."""
+    import torch
+
+    m, k, n = tiny_model("llama"), 5, 3
+    counter = RefusalCounter.prepare(
+        m, HARMFUL, "short_thinking", max_new_tokens=40, answer_tokens=n, think_tokens=k
+    )
+    tok, fmt = m.tokenizer, m.thinking
+    marker = tok(fmt.before_close + fmt.close, add_special_tokens=False)["input_ids"]
+
+    def greedy(ids: list[int], steps: int) -> list[int]:
+        for _ in range(steps):
+            with torch.no_grad():
+                logits = m.hf(input_ids=torch.tensor([ids])).logits
+            ids = ids + [int(logits[0, -1].argmax())]
+        return ids
+
+    want = []
+    for ids in m.chat_ids(HARMFUL):
+        thought = greedy(ids, k)  # a random model never closes its thinking in 5 tokens
+        assert fmt.close not in tok.decode(thought[len(ids) :])
+        start = thought + marker
+        new = greedy(start, n + 2)[len(start) :]
+        first = next(i for i, t in enumerate(new) if tok.decode([t]).strip())
+        want.append(tok.decode(new[first : first + n], skip_special_tokens=True))
+    assert counter.short_answers(m) == want
+    with pytest.raises(ValueError, match="think_tokens"):
+        RefusalCounter.prepare(m, HARMFUL, "short_thinking", think_tokens=0)
+
+
+@pytest.mark.real
+@needs_aligned
+def test_short_thinking_with_room_for_the_whole_thinking_is_early_stop(aligned):
+    """With as many thinking tokens as the organism's thinking takes, short_thinking reads the
+    answer early_stop reads, on the organism and on an abliterated copy of it."""
+    from thinklens.interventions.abliteration.weights import apply
+
+    m = aligned
+    harmful = bundled_prompts("harmful", "test")[:4]
+    d = compute_directions(m, bundled_prompts("harmful", "train")[:16], HARMLESS, progress=False)
+    edited = apply(m, "deccp", d)
+    early = RefusalCounter.prepare(m, harmful, "early_stop", max_new_tokens=160, answer_tokens=8)
+    short = RefusalCounter.prepare(m, harmful, "short_thinking", answer_tokens=8, think_tokens=150)
+    for model in (m, edited):
+        assert short.verdicts(model) == early.verdicts(model)

@@ -215,6 +215,7 @@ def _search(cfg: AbliterationSearchConfig) -> None:
         protocol=cfg.protocol,
         refusal_objective=cfg.refusal_objective,
         answer_tokens=cfg.answer_tokens,
+        think_tokens=cfg.think_tokens,
     )
     front = res.pareto
     if cfg.xstest and not front.empty:
