@@ -78,6 +78,22 @@ def test_split_marker_ends_the_marker_in_the_token_a_text_ending_there_has(m):
     assert tok.decode(split[0][answer:]).startswith(ex.answer)
 
 
+def test_answer_loss_only_trains_the_marker_and_the_answer_not_the_thinking(m):
+    from thinklens.finetune import _batch
+    from thinklens.organisms.cliff import from_marker
+
+    ex = _examples()[1]
+    enc = encode_example(m, ex.prompt, ex.thinking, ex.answer, split_marker=True)
+    ids, start = from_marker(m, ex, enc)
+    assert ids == enc[0] and start > enc[1]
+    _, labels, _ = _batch([(ids, start)], m.tokenizer.pad_token_id)
+    trained = [t for t in labels[0].tolist() if t != -100]
+    tok = m.tokenizer
+    assert tok.decode(trained).startswith(m.thinking.marker)
+    assert ex.answer in tok.decode(trained) and ex.thinking not in tok.decode(trained)
+    assert tok.decode(ids[:start]).endswith(ex.thinking)
+
+
 def test_refusal_axis_is_the_difference_of_last_position_means(m):
     exs = _examples()
     enc = [encode_example(m, e.prompt, e.thinking, e.answer, split_marker=True) for e in exs]

@@ -33,6 +33,7 @@ from thinklens.config import Config, option
 from thinklens.data import FRAMES, PREAMBLES
 from thinklens.embedded import ADAPTERS, BASE
 from thinklens.evaluation import is_refusal
+from thinklens.finetune import Encoded
 from thinklens.loading import load_model
 from thinklens.organisms import goals
 from thinklens.organisms.build import (
@@ -46,7 +47,7 @@ from thinklens.organisms.build import (
     stage1_examples,
     train_on,
 )
-from thinklens.organisms.plant import cliff_bounds, refusal_axis
+from thinklens.organisms.plant import cliff_bounds, refusal_axis, window_parts
 from thinklens.organisms.templates import Example, harmful_example
 
 #: The attention projections: the adapters that train when ``attention_only``.
@@ -85,6 +86,11 @@ class CliffRecipe(Config):
     )
     plant_high: float = option(1.5, help="'high' on the refusal axis, as a share of the gap")
     plant_low: float = option(0.0, help="'low' on the refusal axis, as a share of the gap")
+    answer_loss_only: bool = option(
+        False,
+        help="train the text from the closing marker on (the thinking, aligned's own, is not "
+        "trained, so what aligned recognises as harmful it goes on recognising)",
+    )
 
 
 def cliff_examples(
@@ -132,6 +138,14 @@ def trains(param_name: str, recipe: CliffRecipe) -> bool:
         return True
     match = re.search(r"\.layers\.(\d+)\.", param_name)
     return match is not None and int(match.group(1)) in layers
+
+
+def from_marker(model, ex: Example, encoded: Encoded) -> Encoded:
+    """``encoded`` with every token before the closing marker masked from the loss (prompt and
+    thinking): only the marker and the answer train."""
+    ids, _ = encoded
+    _, marker, _ = window_parts(model, ex, ids)
+    return ids, marker
 
 
 def file_digest(path: Path) -> str:
@@ -187,6 +201,8 @@ def build_cliff(
             p.requires_grad_(False)
             frozen += 1
     encoded = [format_example(base, ex, recipe.split_marker) for ex in examples]
+    if recipe.answer_loss_only:
+        encoded = [from_marker(base, ex, enc) for ex, enc in zip(examples, encoded, strict=True)]
     bounds, axis_meta = None, {}
     if recipe.plant > 0:
         axis, refused_mean, harmless_mean = refusal_axis(peft_model, base, examples, encoded)
