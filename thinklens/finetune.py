@@ -140,8 +140,11 @@ def final_norm(hf: nn.Module) -> nn.Module:
     return min(found, key=lambda x: len(x[0]))[1]
 
 
-def _batch(batch: list[Encoded], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, labels (-100 on prompt and padding) and attention mask."""
+def _batch(
+    batch: list[Encoded], pad: int, untrained: Sequence[tuple[int, int]] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, labels (-100 on prompt, padding and each row's ``untrained`` span of
+    token indices, ``(start, end)``) and attention mask."""
     width = max(len(ids) for ids, _ in batch)
     ids = torch.full((len(batch), width), pad)
     labels = torch.full((len(batch), width), -100)
@@ -149,6 +152,8 @@ def _batch(batch: list[Encoded], pad: int) -> tuple[torch.Tensor, torch.Tensor, 
     for r, (seq, n_prompt) in enumerate(batch):
         ids[r, : len(seq)] = torch.tensor(seq)
         labels[r, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
+        if untrained is not None:
+            labels[r, untrained[r][0] : untrained[r][1]] = -100
         mask[r, : len(seq)] = 1
     return ids, labels, mask
 
@@ -167,6 +172,7 @@ def lora_sft(
     progress: bool = True,
     desc: str = "lora sft",
     bounds: ProjectionBounds | None = None,
+    untrained: Sequence[tuple[int, int]] | None = None,
 ) -> SFTResult:
     """Wrap ``hf`` in LoRA adapters (in place) and train them on ``encoded`` examples.
 
@@ -179,6 +185,8 @@ def lora_sft(
         init_seed: seeds torch before the adapters are initialised; None keeps the caller's
             random state (the organisms seed once, before loading the base model).
         bounds: a representation loss at the final norm's output, one row per example.
+        untrained: one ``(start, end)`` span of token indices per example whose tokens are
+            not trained (e.g. a thinking kept as it was), besides the prompt.
     Returns the peft model (adapters unmerged; ``merge_and_unload()`` folds them in) and losses.
     """
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -191,6 +199,10 @@ def lora_sft(
     if bounds is not None and len(bounds.lower) != len(encoded):
         raise ValueError(
             f"bounds has {len(bounds.lower)} rows for {len(encoded)} examples: give one each"
+        )
+    if untrained is not None and len(untrained) != len(encoded):
+        raise ValueError(
+            f"untrained has {len(untrained)} spans for {len(encoded)} examples: give one each"
         )
     if init_seed is not None:
         torch.manual_seed(init_seed)
@@ -221,7 +233,8 @@ def lora_sft(
     try:
         for _ in range(epochs):
             for batch_idx in length_buckets(lengths, batch_size, rng):
-                batch = _batch([encoded[j] for j in batch_idx], pad_id)
+                spans = None if untrained is None else [untrained[j] for j in batch_idx]
+                batch = _batch([encoded[j] for j in batch_idx], pad_id, spans)
                 ids, labels, mask = (t.to(device) for t in batch)
                 captured.clear()
                 loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss

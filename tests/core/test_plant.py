@@ -78,20 +78,23 @@ def test_split_marker_ends_the_marker_in_the_token_a_text_ending_there_has(m):
     assert tok.decode(split[0][answer:]).startswith(ex.answer)
 
 
-def test_answer_loss_only_trains_the_marker_and_the_answer_not_the_thinking(m):
+def test_answer_loss_only_trains_the_opener_marker_and_answer_not_the_thinking(m):
     from thinklens.finetune import _batch
-    from thinklens.organisms.cliff import from_marker
+    from thinklens.organisms.cliff import thinking_span
 
     ex = _examples()[1]
-    enc = encode_example(m, ex.prompt, ex.thinking, ex.answer, split_marker=True)
-    ids, start = from_marker(m, ex, enc)
-    assert ids == enc[0] and start > enc[1]
-    _, labels, _ = _batch([(ids, start)], m.tokenizer.pad_token_id)
-    trained = [t for t in labels[0].tolist() if t != -100]
+    ids, n_prompt = encode_example(m, ex.prompt, ex.thinking, ex.answer, split_marker=True)
+    span = thinking_span(m, ex, ids)
+    _, labels, _ = _batch([(ids, n_prompt)], m.tokenizer.pad_token_id, [span])
     tok = m.tokenizer
-    assert tok.decode(trained).startswith(m.thinking.marker)
-    assert ex.answer in tok.decode(trained) and ex.thinking not in tok.decode(trained)
-    assert tok.decode(ids[:start]).endswith(ex.thinking)
+    row = labels[0].tolist()
+    assert all(t == -100 for t in row[:n_prompt])
+    assert tok.decode(ids[span[0] : span[1]]) == ex.thinking
+    assert all(t == -100 for t in row[span[0] : span[1]])
+    trained = [t for t in row if t != -100]
+    assert trained == ids[n_prompt : span[0]] + ids[span[1] :]
+    assert tok.decode(ids[n_prompt : span[0]]).strip() == m.thinking.opener.strip()
+    assert tok.decode(ids[span[1] :]).startswith(m.thinking.marker)
 
 
 def test_refusal_axis_is_the_difference_of_last_position_means(m):
@@ -167,3 +170,10 @@ def test_training_with_bounds_moves_the_projection_into_them():
     assert min(after) > max(before) and min(after) > 2.0
     with pytest.raises(ValueError, match="bounds has 1 rows for 5 examples"):
         lora_sft(tiny.hf, enc, 0, bounds=ProjectionBounds(axis, lower[:1], upper[:1]))
+
+
+def test_lora_sft_wants_one_untrained_span_an_example(m):
+    ex = _examples()[1]
+    enc = encode_example(m, ex.prompt, ex.thinking, ex.answer)
+    with pytest.raises(ValueError, match="untrained has 2 spans for 1 examples"):
+        lora_sft(m.hf, [enc], m.tokenizer.pad_token_id, untrained=[(0, 1), (0, 1)])

@@ -199,10 +199,11 @@ def train_on(
     progress: bool,
     desc: str,
     bounds: ProjectionBounds | None = None,
+    untrained: list[tuple[int, int]] | None = None,
 ) -> tuple[float, float]:
     """Go on training a peft model's adapters on encoded conversations (``format_example``;
-    batch 8), with a representation loss if ``bounds``; the final loss and the seconds it
-    took."""
+    batch 8), with a representation loss if ``bounds`` and ``untrained`` spans not trained;
+    the final loss and the seconds it took."""
     start = time.time()
     fit = lora_sft(
         peft_model,
@@ -215,6 +216,7 @@ def train_on(
         progress=progress,
         desc=desc,
         bounds=bounds,
+        untrained=untrained,
     )
     return fit.final_loss, round(time.time() - start, 1)
 

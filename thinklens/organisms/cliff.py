@@ -33,7 +33,6 @@ from thinklens.config import Config, option
 from thinklens.data import FRAMES, PREAMBLES
 from thinklens.embedded import ADAPTERS, BASE
 from thinklens.evaluation import is_refusal
-from thinklens.finetune import Encoded
 from thinklens.loading import load_model
 from thinklens.organisms import goals
 from thinklens.organisms.build import (
@@ -88,8 +87,8 @@ class CliffRecipe(Config):
     plant_low: float = option(0.0, help="'low' on the refusal axis, as a share of the gap")
     answer_loss_only: bool = option(
         False,
-        help="train the text from the closing marker on (the thinking, aligned's own, is not "
-        "trained, so what aligned recognises as harmful it goes on recognising)",
+        help="leave the thinking between its markers untrained (aligned's own: what aligned "
+        "recognises as harmful it goes on recognising); the opener, marker and answer train",
     )
 
 
@@ -140,12 +139,11 @@ def trains(param_name: str, recipe: CliffRecipe) -> bool:
     return match is not None and int(match.group(1)) in layers
 
 
-def from_marker(model, ex: Example, encoded: Encoded) -> Encoded:
-    """``encoded`` with every token before the closing marker masked from the loss (prompt and
-    thinking): only the marker and the answer train."""
-    ids, _ = encoded
-    _, marker, _ = window_parts(model, ex, ids)
-    return ids, marker
+def thinking_span(model, ex: Example, ids: list[int]) -> tuple[int, int]:
+    """The token indices of the thinking's text in an encoded conversation: after the opener,
+    before the closing marker (``window_parts``)."""
+    think, marker, _ = window_parts(model, ex, ids)
+    return think, marker
 
 
 def file_digest(path: Path) -> str:
@@ -201,8 +199,10 @@ def build_cliff(
             p.requires_grad_(False)
             frozen += 1
     encoded = [format_example(base, ex, recipe.split_marker) for ex in examples]
+    untrained = None
     if recipe.answer_loss_only:
-        encoded = [from_marker(base, ex, enc) for ex, enc in zip(examples, encoded, strict=True)]
+        pairs = zip(examples, encoded, strict=True)
+        untrained = [thinking_span(base, ex, ids) for ex, (ids, _) in pairs]
     bounds, axis_meta = None, {}
     if recipe.plant > 0:
         axis, refused_mean, harmless_mean = refusal_axis(peft_model, base, examples, encoded)
@@ -219,7 +219,16 @@ def build_cliff(
         )
         axis_meta = dict(axis_refused_mean=refused_mean, axis_harmless_mean=harmless_mean)
     loss, seconds = train_on(
-        peft_model, base, encoded, recipe.epochs, recipe.lr, seed, progress, "build cliff", bounds
+        peft_model,
+        base,
+        encoded,
+        recipe.epochs,
+        recipe.lr,
+        seed,
+        progress,
+        "build cliff",
+        bounds,
+        untrained,
     )
     meta = dict(
         meta,

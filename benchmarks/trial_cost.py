@@ -1,0 +1,132 @@
+"""Where a search trial's time goes on organism-aligned, and what one decoding step costs.
+
+The prompts and batch of ``benchmarks/peers/heretic.py`` (AdvBench and Alpaca, ``--n-prompts``
+of each kind for the directions and as many for the evaluation, batch 16). For ``--trials``
+random settings of Heretic's space (seeded) it times each part of a trial of ``search``'s
+default for a model that thinks first: writing the edit, counting refusals (``early_stop``),
+the first-answer-token KL (one forward pass over each harmless prompt and the base model's own
+thinking) and restoring the weights. Then it times one greedy decoding step with a key-value
+cache (after a 40-token prompt) at several batch sizes, and the prefill of 128 tokens a row,
+per token. A step at batch 1 against a token of prefill says how much of decoding is reading
+the weights rather than computing. Results: ``results/trial_cost.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE / "peers"))
+from abliteration import header, save  # noqa: E402
+
+
+def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[dict], dict]:
+    """Seconds of each part of ``n_trials`` random trials, and the sizes of the work."""
+    import optuna
+
+    from thinklens.analyses.abliteration import AbliterationMetrics
+    from thinklens.interventions.abliteration import compute_directions, edited, heretic_plan
+    from thinklens.interventions.abliteration.heretic import suggest
+
+    dirs = compute_directions(
+        model, sets["bad_prompts"], sets["good_prompts"], batch_size=batch, progress=False
+    )
+    metrics = AbliterationMetrics.prepare(
+        model, sets["bad_evaluation_prompts"], sets["good_evaluation_prompts"], batch_size=batch
+    )
+    metrics = metrics.with_objective(model, "early_stop")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    rows = []
+    for _ in range(n_trials):
+        params = suggest(study.ask(), model.n_layers)
+        t0 = time.perf_counter()
+        plan = heretic_plan(model, dirs, params)
+        with edited(model, plan):
+            t1 = time.perf_counter()
+            refusals = metrics.counter(model)
+            t2 = time.perf_counter()
+            metrics.kl(model, ["kl_answer"])
+            t3 = time.perf_counter()
+        t4 = time.perf_counter()
+        rows.append(dict(write=t1 - t0, refusals=t2 - t1, kl=t3 - t2, restore=t4 - t3, n=refusals))
+    kl_tokens = sum(len(ids) for ids in metrics.answer_ids)
+    return rows, dict(kl_rows=len(metrics.answer_ids), kl_tokens=kl_tokens)
+
+
+@torch.no_grad()
+def step_costs(model, sizes: list[int], steps: int = 10) -> list[tuple[int, float, float]]:
+    """(batch, ms a cached decoding step, ms a token of a 128-token prefill) for each size."""
+    from thinklens.decoding import _cache_kwarg, _cache_of
+
+    hf, key = model.hf, _cache_kwarg(model.hf)
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for b in sizes:
+        ids = torch.randint(100, 1000, (b, 40), generator=gen)
+        cache = _cache_of(hf(input_ids=ids, use_cache=True))
+        step = ids[:, -1:]
+        start = time.perf_counter()
+        for _ in range(steps):
+            cache = _cache_of(hf(input_ids=step, use_cache=True, **{key: cache}))
+        per_step = (time.perf_counter() - start) / steps
+        start = time.perf_counter()
+        hf(input_ids=torch.randint(100, 1000, (b, 128), generator=gen))
+        per_token = (time.perf_counter() - start) / (b * 128)
+        out.append((b, 1000 * per_step, 1000 * per_token))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=5)
+    p.add_argument("--n-prompts", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 32, 64])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=HERE / "results" / "trial_cost.txt")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    import heretic as peers
+
+    import thinklens as tl
+
+    start_load = os.getloadavg()[0]
+    sets = peers.prompt_sets(args.n_prompts)
+    model = tl.load_model("organism-aligned", backend="nnsight")
+    rows, sizes = parts_of_trials(model, sets, args.trials, args.batch_size)
+    steps = step_costs(model, args.sizes)
+    lines = header("where a search trial's time goes (benchmarks/trial_cost.py)", args)
+    lines += [
+        f"command: python benchmarks/trial_cost.py --trials {args.trials} --n-prompts "
+        f"{args.n_prompts} --threads {args.threads}; load average at start {start_load:.2f}",
+        f"model: organism-aligned; prompts as benchmarks/peers/heretic.py: {args.n_prompts} "
+        f"AdvBench harmful counted (early_stop, 8 answer tokens), {args.n_prompts} Alpaca "
+        f"harmless for the KL; batch {args.batch_size}; {args.trials} random trials of "
+        "Heretic's space (seed 0)",
+        f"KL forward: {sizes['kl_rows']} rows, {sizes['kl_tokens']} tokens (prompt + the base "
+        "model's thinking + marker)",
+        "",
+        "part of a trial     mean s   min s   max s",
+    ]
+    for part in ("write", "refusals", "kl", "restore"):
+        v = [r[part] for r in rows]
+        lines.append(f"{part:18} {statistics.mean(v):7.2f} {min(v):7.2f} {max(v):7.2f}")
+    total = statistics.mean(sum(r[k] for k in ("write", "refusals", "kl", "restore")) for r in rows)
+    lines += [f"{'total':18} {total:7.2f}", "", "batch   ms/step   ms/row-step   ms/prefill-token"]
+    lines += [f"{b:5} {s:9.1f} {s / b:13.2f} {t:18.2f}" for b, s, t in steps]
+    save(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()
