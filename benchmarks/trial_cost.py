@@ -35,6 +35,7 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
     from thinklens.analyses.abliteration import AbliterationMetrics
     from thinklens.interventions.abliteration import compute_directions, edited, heretic_plan
     from thinklens.interventions.abliteration.heretic import suggest
+    from thinklens.resume import first_edited_layer
 
     dirs = compute_directions(
         model, sets["bad_prompts"], sets["good_prompts"], batch_size=batch, progress=False
@@ -43,6 +44,9 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
         model, sets["bad_evaluation_prompts"], sets["good_evaluation_prompts"], batch_size=batch
     )
     metrics = metrics.with_objective(model, "early_stop")
+    start = time.perf_counter()
+    kept = metrics.with_fixed(model)
+    keep_seconds = time.perf_counter() - start
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
@@ -52,16 +56,30 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
         params = suggest(study.ask(), model.n_layers)
         t0 = time.perf_counter()
         plan = heretic_plan(model, dirs, params)
+        first = first_edited_layer(model, [e.module for e in plan])
         with edited(model, plan):
             t1 = time.perf_counter()
             refusals = metrics.counter(model)
             t2 = time.perf_counter()
-            metrics.kl(model, ["kl_answer"])
+            whole = metrics.kl(model, ["kl_answer"])["kl_answer"]
             t3 = time.perf_counter()
-        t4 = time.perf_counter()
-        rows.append(dict(write=t1 - t0, refusals=t2 - t1, kl=t3 - t2, restore=t4 - t3, n=refusals))
+            part = kept.kl(model, ["kl_answer"], first)["kl_answer"]
+            t4 = time.perf_counter()
+        t5 = time.perf_counter()
+        rows.append(
+            dict(
+                write=t1 - t0,
+                refusals=t2 - t1,
+                kl=t3 - t2,
+                kl_kept=t4 - t3,
+                restore=t5 - t4,
+                n=refusals,
+                first=first,
+                diff=abs(part - whole) / max(whole, 1e-12),
+            )
+        )
     kl_tokens = sum(len(ids) for ids in metrics.answer_ids)
-    return rows, dict(kl_rows=len(metrics.answer_ids), kl_tokens=kl_tokens)
+    return rows, dict(kl_rows=len(metrics.answer_ids), kl_tokens=kl_tokens, keep=keep_seconds)
 
 
 @torch.no_grad()
@@ -89,7 +107,7 @@ def step_costs(model, sizes: list[int], steps: int = 10) -> list[tuple[int, floa
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=5)
+    p.add_argument("--trials", type=int, default=8)
     p.add_argument("--n-prompts", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 32, 64])
@@ -117,13 +135,23 @@ def main() -> None:
         f"KL forward: {sizes['kl_rows']} rows, {sizes['kl_tokens']} tokens (prompt + the base "
         "model's thinking + marker)",
         "",
+        f"kl_kept: the same KL from the first edited layer on (search's keep_lower_layers; "
+        f"keeping the base's layer inputs took {sizes['keep']:.2f} s once); first edited "
+        f"layers {[r['first'] for r in rows]} of {model.n_layers}; largest relative "
+        f"difference from the whole pass {max(r['diff'] for r in rows):.1e}",
+        "",
         "part of a trial     mean s   min s   max s",
     ]
-    for part in ("write", "refusals", "kl", "restore"):
+    for part in ("write", "refusals", "kl", "kl_kept", "restore"):
         v = [r[part] for r in rows]
         lines.append(f"{part:18} {statistics.mean(v):7.2f} {min(v):7.2f} {max(v):7.2f}")
-    total = statistics.mean(sum(r[k] for k in ("write", "refusals", "kl", "restore")) for r in rows)
-    lines += [f"{'total':18} {total:7.2f}", "", "batch   ms/step   ms/row-step   ms/prefill-token"]
+    for name, kl in (("total (kl)", "kl"), ("total (kl_kept)", "kl_kept")):
+        parts = ("write", "refusals", kl, "restore")
+        total = statistics.mean(sum(r[k] for k in parts) for r in rows)
+        lines.append(f"{name:18} {total:7.2f}")
+    kl_ratio = statistics.mean(r["kl"] for r in rows) / statistics.mean(r["kl_kept"] for r in rows)
+    lines += [f"kl / kl_kept: {kl_ratio:.2f}x", ""]
+    lines += ["batch   ms/step   ms/row-step   ms/prefill-token"]
     lines += [f"{b:5} {s:9.1f} {s / b:13.2f} {t:18.2f}" for b, s, t in steps]
     save(lines, args.out)
 

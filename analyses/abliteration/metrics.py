@@ -47,6 +47,7 @@ from thinklens.interventions.abliteration.protocol import (
     detect_response_prefix,
 )
 from thinklens.model import Model
+from thinklens.resume import FixedInputs
 from thinklens.rollouts import answer_start_ids, model_thinks
 
 
@@ -94,6 +95,9 @@ class AbliterationMetrics:
     base_over_refusals: int | None = None
     #: How refusals are counted when not by full generation (``with_objective``).
     counter: RefusalCounter | None = None
+    #: ``answer_ids`` with the base's layer inputs kept (``with_fixed``): ``kl_answer`` of an
+    #: edit of the upper layers runs only those.
+    fixed: FixedInputs | None = None
 
     @property
     def objective(self) -> RefusalObjective:
@@ -253,17 +257,38 @@ class AbliterationMetrics:
             harmful_texts=harmful_texts,
         )
 
+    def with_fixed(self, base: Model, max_bytes: int = 2**30) -> AbliterationMetrics:
+        """A copy whose ``kl_answer`` can start at the first edited layer: the unedited
+        ``base`` runs the answer starts once and its layer inputs are kept (``max_bytes``).
+        Without answer starts (no thinking, or the published protocol) it is ``self``."""
+        if self.answer_ids is None:
+            return self
+        return replace(
+            self, fixed=FixedInputs.capture(base, self.answer_ids, self.batch_size, max_bytes)
+        )
+
     @torch.no_grad()
-    def kl(self, model: Model, keys: Sequence[str] | None = None) -> dict[str, float]:
+    def kl(
+        self, model: Model, keys: Sequence[str] | None = None, first_edited: int | None = None
+    ) -> dict[str, float]:
         """KL(base || model) of the first generated token, and of the first answer token
-        (``keys``: only those of ``"kl"``, ``"kl_answer"``; each is a forward pass)."""
+        (``keys``: only those of ``"kl"``, ``"kl_answer"``; each is a forward pass).
+
+        ``first_edited``: the lowest decoder layer in which ``model`` differs from the base
+        (``thinklens.resume.first_edited_layer``); with ``with_fixed``, ``kl_answer`` then runs
+        from there on (the same number, from the layers that change).
+        """
         out = {}
         if keys is None or "kl" in keys:
             base, edited = self.base_logits, model.logits(self.harmless_texts, self.batch_size)
             out["kl"] = float(kl_divergence(base, edited))
         if self.answer_texts is not None and (keys is None or "kl_answer" in keys):
-            edited = model.logits(self.answer_ids or self.answer_texts, self.batch_size)
-            out["kl_answer"] = float(kl_divergence(self.base_answer_logits, edited))
+            if self.fixed is not None and first_edited is not None:
+                base, edited = self.fixed.base_logits, self.fixed.logits(model, first_edited)
+            else:
+                base = self.base_answer_logits
+                edited = model.logits(self.answer_ids or self.answer_texts, self.batch_size)
+            out["kl_answer"] = float(kl_divergence(base, edited))
         return out
 
     def _over(self, n: int | None) -> dict[str, float]:
@@ -284,9 +309,11 @@ class AbliterationMetrics:
             | self._over(self.base_over_refusals)
         )
 
-    def __call__(self, model: Model, kl_keys: Sequence[str] | None = None) -> dict[str, float]:
-        """Refusals, refusal rate, the KL numbers (``kl_keys``: only those) and (with its
-        prompts) the over-refusal of ``model``."""
+    def __call__(
+        self, model: Model, kl_keys: Sequence[str] | None = None, first_edited: int | None = None
+    ) -> dict[str, float]:
+        """Refusals, refusal rate, the KL numbers (``kl_keys``: only those; ``first_edited``:
+        see ``kl``) and (with its prompts) the over-refusal of ``model``."""
         if self.counter is not None:
             n = self.counter(model)
         else:
@@ -300,7 +327,7 @@ class AbliterationMetrics:
             )
         return (
             dict(refusals=n, refusal_rate=n / len(self.harmful))
-            | self.kl(model, kl_keys)
+            | self.kl(model, kl_keys, first_edited)
             | self._over(over)
         )
 

@@ -32,6 +32,7 @@ from thinklens.interventions.abliteration.heretic import HereticParams, heretic_
 from thinklens.interventions.abliteration.protocol import Protocol
 from thinklens.interventions.abliteration.weights import edited
 from thinklens.model import Model
+from thinklens.resume import first_edited_layer
 
 OBJECTIVES = ("kl", "refusal_ratio")
 
@@ -120,6 +121,7 @@ def search(
     refusal_objective: RefusalObjective | str = "auto",
     answer_tokens: int = ANSWER_TOKENS,
     think_tokens: int = THINK_TOKENS,
+    keep_lower_layers: bool = True,
 ) -> SearchResult:
     """Run (or resume) Heretic's search until the study holds ``n_trials`` finished trials.
 
@@ -149,6 +151,9 @@ def search(
             always under ``protocol="published"``. ``"full"`` is one flag away. ``"draft"``
             gives early_stop's verdicts exactly but was slower in a search on organism-aligned
             (``benchmarks/results/fast_objective_draft.txt``).
+        keep_lower_layers: ``kl_answer`` keeps the base model's layer inputs on its fixed
+            texts and runs each trial from the first layer the edit touches (exact; the
+            layers below compute what they did for the base). False runs every layer.
     Heretic's default seed is random; thinklens's is 0, so a search repeats.
     """
     if protocol == "published" and kl_target is None:
@@ -198,13 +203,17 @@ def search(
     kl_key = kl_objective
     if kl_objective == "auto":
         kl_key = "kl_answer" if metrics.answer_texts is not None else "kl"
+    if keep_lower_layers and kl_key == "kl_answer" and metrics.fixed is None:
+        metrics = metrics.with_fixed(model)
 
     def objective(trial: Any) -> tuple[float, float]:
         params = suggest(trial, model.n_layers, protocol)
         target = reload() if reload is not None else model
-        with edited(target, heretic_plan(target, directions, params, protocol)):
+        plan = heretic_plan(target, directions, params, protocol)
+        first = first_edited_layer(target, [e.module for e in plan]) if keep_lower_layers else None
+        with edited(target, plan):
             # Only the KL the objective reads: each one is a forward pass over the prompts.
-            m = metrics(target, kl_keys=[kl_key])
+            m = metrics(target, kl_keys=[kl_key], first_edited=first)
         trial.set_user_attr("params", json.dumps(params.to_dict()))
         for k, v in m.items():
             trial.set_user_attr(k, v)

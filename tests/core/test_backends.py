@@ -235,3 +235,18 @@ def test_transformer_lens_from_parts_refuses_remote():
     remote = dataclasses.replace(parts, remote=True)
     with pytest.raises(ValueError, match="backend='nnsight'"):
         make_backend("transformer_lens", remote)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_nnsight_logits_unembed_only_the_last_positions_and_match_one_text_at_a_time(family):
+    from thinklens.testing import tiny_model
+
+    m = tiny_model(family, backend="nnsight")
+    assert m.backend.keeps_logits
+    texts = ["Hi", "Name a fruit, please.", "Count to five and then stop."]
+    got = m.logits(texts, batch_size=3)
+    for i, t in enumerate(texts):  # brute force: each text alone, every position unembedded
+        ids = m.tokenizer(t, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            alone = m.hf(input_ids=ids).logits[0, -1].float()
+        torch.testing.assert_close(got[i], alone, atol=1e-5, rtol=1e-5)

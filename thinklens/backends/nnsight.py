@@ -8,6 +8,7 @@ act through their torch hooks; remotely they are applied in the body as trace op
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import nnsight
@@ -77,6 +78,8 @@ class NNsightBackend:
                 warnings.simplefilter("ignore")  # LanguageModel's deprecation notice
                 lm = LanguageModel(hf, tokenizer=tokenizer)
         self.lm = lm
+        #: Whether the model's forward computes logits at chosen positions only.
+        self.keeps_logits = "logits_to_keep" in inspect.signature(hf.forward).parameters
 
     def trees(self) -> list[nn.Module]:
         return [self.hf]
@@ -125,17 +128,24 @@ class NNsightBackend:
         """
         lm, remote = self.lm, self.remote
         plan = _with_masks(plan, ids, mask)
+        extra, at_logits = {}, positions
+        if logits and positions is not None and self.keeps_logits:
+            # The unembedding only at the positions read: with right padding rows end at
+            # different places, so the set of them, each row's own picked after.
+            keep = torch.unique(positions)
+            extra["logits_to_keep"] = keep.to(ids.device)
+            at_logits = torch.searchsorted(keep, positions)
 
-        def cut(x: Tensor, dim: int) -> Tensor:
+        def cut(x: Tensor, dim: int, where: Tensor | None = positions) -> Tensor:
             # Defined here, not imported: a nested function ships by value to the server.
-            if positions is None:
+            if where is None:
                 return x.detach()
             shape, view = list(x.shape), [1] * x.dim()
-            shape[dim] = view[dim] = positions.shape[1]
-            view[0] = positions.shape[0]
-            return x.gather(dim, positions.to(x.device).view(view).expand(shape)).detach()
+            shape[dim] = view[dim] = where.shape[1]
+            view[0] = where.shape[0]
+            return x.gather(dim, where.to(x.device).view(view).expand(shape)).detach()
 
-        with lm.trace(ids, attention_mask=mask, use_cache=False, remote=remote) as tracer:
+        with lm.trace(ids, attention_mask=mask, use_cache=False, remote=remote, **extra) as tracer:
             got = nnsight.save({})
             for env, port, entries in plan:
                 value = getattr(env, port)
@@ -174,7 +184,7 @@ class NNsightBackend:
                             out = new
                         env.output = out
             if logits:
-                got["logits"] = cut(lm.output.logits, 1)
+                got["logits"] = cut(lm.output.logits, 1, at_logits)
             elif stop:
                 tracer.stop()
         return got

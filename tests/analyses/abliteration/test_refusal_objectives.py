@@ -220,3 +220,17 @@ def test_short_thinking_with_room_for_the_whole_thinking_is_early_stop(aligned):
     short = RefusalCounter.prepare(m, harmful, "short_thinking", answer_tokens=8, think_tokens=150)
     for model in (m, edited):
         assert short.verdicts(model) == early.verdicts(model)
+
+
+@pytest.mark.parametrize("backend", ["transformer_lens", "nnsight"])
+def test_kl_answer_from_the_first_edited_layer_is_the_whole_pass_s(backend):
+    import numpy as np
+
+    m = tiny_model("llama", backend=backend)
+    metrics = AbliterationMetrics.prepare(m, HARMFUL, HARMLESS, thinking=True, max_new_tokens=4)
+    d = compute_directions(m, HARMFUL, HARMLESS, progress=False)
+    kw = dict(n_trials=4, n_startup_trials=4, progress=False, refusal_objective="full")
+    kept = search(m, d, metrics, **kw).trials.sort_values("trial")
+    whole = search(m, d, metrics, keep_lower_layers=False, **kw).trials.sort_values("trial")
+    assert (kept["kl_answer"] > 0).all()
+    np.testing.assert_allclose(kept["kl_answer"], whole["kl_answer"], rtol=1e-4, atol=1e-7)

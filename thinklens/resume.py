@@ -1,0 +1,150 @@
+"""Fixed token batches run from a middle layer: the layers below an edit compute what they
+computed for the base model, so their output is kept once and the edited model starts there.
+
+A search edits the upper layers of one model again and again (Heretic's kernel leaves, on
+average, the lowest 40% of a model's layers untouched) and each trial reads the logits of the
+same fixed texts (the KL prompts). ``FixedInputs.capture`` runs the base model over them once,
+keeping the input of every ``stride``-th decoder layer; ``logits(model, start)`` then replaces
+the decoder layers below the nearest kept layer with stand-ins that hand on the kept input, so
+only the layers from there on compute. Exact: the same batches, padding and positions as the
+capture, so the result is the full forward pass's (tested against it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from thinklens.model import Model
+
+
+class _Kept(nn.Module):
+    """A decoder layer's stand-in: returns the kept input of the first layer that computes."""
+
+    def __init__(self, hidden: Tensor) -> None:
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, hidden_states: Tensor, *args: object, **kwargs: object) -> Tensor:
+        return self.hidden
+
+
+def decoder_layers(model: Model) -> nn.ModuleList:
+    """The model's list of decoder layers (the family's ``layers`` path)."""
+    return model.hf.get_submodule(model.family.layers)
+
+
+def first_edited_layer(model: Model, modules: Sequence[str]) -> int:
+    """The lowest decoder layer any of ``modules`` (paths from the top module) lies in: 0 for
+    a module outside the layers (the embedding), ``model.n_layers`` when none is given."""
+    prefix = f"{model.family.layers}."
+    first = model.n_layers
+    for path in modules:
+        if not path.startswith(prefix):
+            return 0
+        first = min(first, int(path[len(prefix) :].split(".")[0]))
+    return first
+
+
+@contextmanager
+def _layers_kept(layers: nn.ModuleList, below: int, hidden: Tensor) -> Iterator[None]:
+    saved = [layers[i] for i in range(below)]
+    try:
+        for i in range(below):
+            layers[i] = _Kept(hidden)
+        yield
+    finally:
+        for i, layer in enumerate(saved):
+            layers[i] = layer
+
+
+@dataclass
+class FixedInputs:
+    """Token batches with the base model's input to every ``stride``-th decoder layer kept."""
+
+    batches: list[tuple[Tensor, Tensor, Tensor]]  # ids, mask, positions (left-padded)
+    kept: dict[int, list[Tensor]]  # layer -> its input, one tensor a batch
+    base_logits: Float[Tensor, "n vocab"]
+    stride: int
+
+    @classmethod
+    @torch.no_grad()
+    def capture(
+        cls,
+        model: Model,
+        ids: Sequence[Sequence[int]],
+        batch_size: int = 16,
+        max_bytes: int = 2**30,
+    ) -> FixedInputs:
+        """Run the base ``model`` over ``ids`` once, keeping layer inputs within ``max_bytes``
+        (every layer's if they fit, else every ``stride``-th, so ``logits`` starts lower)."""
+        if not ids:
+            raise ValueError("FixedInputs.capture needs at least one token id list")
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes={max_bytes}: give a positive budget")
+        layers = decoder_layers(model)
+        n = len(layers)
+        dtype_bytes = torch.finfo(model.dtype).bits // 8
+        one_layer = sum(len(x) for x in ids) * model.d_model * dtype_bytes
+        # Padding makes a batch a little larger than its tokens: leave a tenth of the budget.
+        stride = max(1, math.ceil(n * one_layer / (0.9 * max_bytes)))
+        wanted = list(range(stride, n, stride))
+        batches, logits = [], []
+        kept: dict[int, list[Tensor]] = {i: [] for i in wanted}
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start : start + batch_size]
+            tok_ids, mask = model.pad_ids(chunk, "left")
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            seen: dict[int, Tensor] = {}
+            hooks = [
+                layers[i].register_forward_pre_hook(_keeper(seen, i), with_kwargs=True)
+                for i in wanted
+            ]
+            try:
+                out = model.hf(
+                    input_ids=tok_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
+                )
+            finally:
+                for h in hooks:
+                    h.remove()
+            for i in wanted:
+                kept[i].append(seen[i])
+            batches.append((tok_ids, mask, positions))
+            logits.append(out.logits[:, -1].float().cpu())
+        return cls(batches, kept, torch.cat(logits), stride)
+
+    def start_for(self, first_edited: int) -> int:
+        """The kept layer ``logits`` starts at for a model edited from ``first_edited`` on."""
+        return max((i for i in self.kept if i <= first_edited), default=0)
+
+    @torch.no_grad()
+    def logits(self, model: Model, first_edited: int) -> Float[Tensor, "n vocab"]:
+        """Last-position logits of the fixed batches under ``model``, whose decoder layers below
+        ``first_edited`` must be the base's (``first_edited_layer`` of the edit)."""
+        start = self.start_for(first_edited)
+        layers = decoder_layers(model)
+        out = []
+        for b, (ids, mask, positions) in enumerate(self.batches):
+            kw = dict(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+            if start == 0:
+                res = model.hf(**kw)
+            else:
+                with _layers_kept(layers, start, self.kept[start][b]):
+                    res = model.hf(**kw)
+            out.append(res.logits[:, -1].float().cpu())
+        return torch.cat(out)
+
+
+def _keeper(seen: dict[int, Tensor], layer: int):
+    """A pre-hook keeping a decoder layer's input hidden states."""
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        seen[layer] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+
+    return hook
