@@ -85,18 +85,18 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
 @torch.no_grad()
 def step_costs(model, sizes: list[int], steps: int = 10) -> list[tuple[int, float, float]]:
     """(batch, ms a cached decoding step, ms a token of a 128-token prefill) for each size."""
-    from thinklens.decoding import _cache_kwarg, _cache_of
+    from thinklens.decoding import cache_kwarg, cache_of
 
-    hf, key = model.hf, _cache_kwarg(model.hf)
+    hf, key = model.hf, cache_kwarg(model.hf)
     gen = torch.Generator().manual_seed(0)
     out = []
     for b in sizes:
         ids = torch.randint(100, 1000, (b, 40), generator=gen)
-        cache = _cache_of(hf(input_ids=ids, use_cache=True))
+        cache = cache_of(hf(input_ids=ids, use_cache=True))
         step = ids[:, -1:]
         start = time.perf_counter()
         for _ in range(steps):
-            cache = _cache_of(hf(input_ids=step, use_cache=True, **{key: cache}))
+            cache = cache_of(hf(input_ids=step, use_cache=True, **{key: cache}))
         per_step = (time.perf_counter() - start) / steps
         start = time.perf_counter()
         hf(input_ids=torch.randint(100, 1000, (b, 128), generator=gen))

@@ -65,13 +65,13 @@ def close_seen(tokenizer: object, new: list[int], close: str, known: int | None)
     return close_end(tokenizer, new, close)
 
 
-def _cache_kwarg(hf) -> str:
+def cache_kwarg(hf) -> str:
     """The forward argument that takes a key-value cache (``cache`` from transformers 5.24,
     ``past_key_values`` before it)."""
     return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
 
 
-def _cache_of(out) -> object:
+def cache_of(out) -> object:
     """The key-value cache a forward pass returned, under either name."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
@@ -114,8 +114,8 @@ def _batch(
         new, stopped = finish(new, closed[r], eos, max_new_tokens, answer_tokens)
         news.append(new)
         done.append(stopped)
-    cache = _cache_of(out)
-    key = _cache_kwarg(model.hf)
+    cache = cache_of(out)
+    key = cache_kwarg(model.hf)
     active = list(range(len(news)))
     while True:
         # A finished row leaves the batch (and the cache): the steps after it cost only the
@@ -137,7 +137,7 @@ def _batch(
             use_cache=True,
             **{key: cache},
         )
-        cache = _cache_of(out)
+        cache = cache_of(out)
         for r, t in zip(active, out.logits[:, -1].argmax(-1).tolist(), strict=True):
             new = news[r] + [t]
             closed[r] = close_seen(tok, new, close, closed[r]) if watch else None

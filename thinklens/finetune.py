@@ -140,7 +140,7 @@ def final_norm(hf: nn.Module) -> nn.Module:
     return min(found, key=lambda x: len(x[0]))[1]
 
 
-def _batch(
+def training_batch(
     batch: list[Encoded], pad: int, untrained: Sequence[tuple[int, int]] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ids, labels (-100 on prompt, padding and each row's ``untrained`` span of
@@ -234,7 +234,7 @@ def lora_sft(
         for _ in range(epochs):
             for batch_idx in length_buckets(lengths, batch_size, rng):
                 spans = None if untrained is None else [untrained[j] for j in batch_idx]
-                batch = _batch([encoded[j] for j in batch_idx], pad_id, spans)
+                batch = training_batch([encoded[j] for j in batch_idx], pad_id, spans)
                 ids, labels, mask = (t.to(device) for t in batch)
                 captured.clear()
                 loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss

@@ -79,13 +79,13 @@ def test_split_marker_ends_the_marker_in_the_token_a_text_ending_there_has(m):
 
 
 def test_answer_loss_only_trains_the_opener_marker_and_answer_not_the_thinking(m):
-    from thinklens.finetune import _batch
+    from thinklens.finetune import training_batch
     from thinklens.organisms.cliff import thinking_span
 
     ex = _examples()[1]
     ids, n_prompt = encode_example(m, ex.prompt, ex.thinking, ex.answer, split_marker=True)
     span = thinking_span(m, ex, ids)
-    _, labels, _ = _batch([(ids, n_prompt)], m.tokenizer.pad_token_id, [span])
+    _, labels, _ = training_batch([(ids, n_prompt)], m.tokenizer.pad_token_id, [span])
     tok = m.tokenizer
     row = labels[0].tolist()
     assert all(t == -100 for t in row[:n_prompt])
