@@ -50,12 +50,12 @@ def timed(fn, *args, **kw) -> tuple[object, float, float]:
     return out, wall, max((busy1 - busy0) - (own1 - own0), 0.0) / wall
 
 
-def header(title: str, args: argparse.Namespace) -> list[str]:
+def header(title: str, args: argparse.Namespace, script: str = "abliteration.py") -> list[str]:
     from importlib.metadata import version
 
     pkgs = ("torch", "transformers", "optuna", "nnsight")
     return [
-        f"thinklens abliteration benchmark: {title} (benchmarks/abliteration.py)",
+        f"thinklens abliteration benchmark: {title} (benchmarks/{script})",
         f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
         "versions: "
         + ", ".join([f"python {platform.python_version()}"] + [f"{p} {version(p)}" for p in pkgs]),

@@ -269,12 +269,11 @@ def main() -> None:
     test_rows = summarise(test, names)
     full_val, full_test = sum(val["base"]["full"]), sum(test["base"]["full"])
     lines = [
-        *[
-            line.replace("benchmarks/abliteration.py", "benchmarks/fast_objective.py")
-            for line in header(
-                "refusal objectives for thinking models, against full generation", args
-            )
-        ],
+        *header(
+            "refusal objectives for thinking models, against full generation",
+            args,
+            "fast_objective.py",
+        ),
         f"load average when the run started: {load_start:.2f}",
         f"model: {args.model}; directions: bundled train prompts, last position; search: "
         f"Heretic's space, TPE seed 0, full generation ({args.max_new_tokens} new tokens) as "

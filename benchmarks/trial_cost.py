@@ -124,8 +124,7 @@ def main() -> None:
     model = tl.load_model("organism-aligned", backend="nnsight")
     rows, sizes = parts_of_trials(model, sets, args.trials, args.batch_size)
     steps = step_costs(model, args.sizes)
-    lines = header("where a search trial's time goes", args)
-    lines[0] = lines[0].replace("benchmarks/abliteration.py", "benchmarks/trial_cost.py")
+    lines = header("where a search trial's time goes", args, "trial_cost.py")
     lines += [
         f"command: python benchmarks/trial_cost.py --trials {args.trials} --n-prompts "
         f"{args.n_prompts} --threads {args.threads}; load average at start {start_load:.2f}",

@@ -203,8 +203,6 @@ def search(
     kl_key = kl_objective
     if kl_objective == "auto":
         kl_key = "kl_answer" if metrics.answer_texts is not None else "kl"
-    if keep_lower_layers and kl_key == "kl_answer" and metrics.fixed is None:
-        metrics = metrics.with_fixed(model)
 
     def objective(trial: Any) -> tuple[float, float]:
         params = suggest(trial, model.n_layers, protocol)
@@ -221,6 +219,9 @@ def search(
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     todo = max(n_trials - len(done), 0)
+    if todo and keep_lower_layers and kl_key == "kl_answer" and metrics.fixed is None:
+        # Read by ``objective`` when it runs: one pass of the base, only if a trial is left.
+        metrics = metrics.with_fixed(model)
     bar = tqdm(total=n_trials, initial=len(done), desc="search", unit="trial", disable=not progress)
 
     def tick(study: Any, trial: Any) -> None:
