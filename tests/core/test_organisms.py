@@ -106,6 +106,44 @@ def test_preambles_are_refused_hard_negatives_of_a_framing_s_length():
     assert not any(a.strip() and a.strip() in e.thinking for e in preambled for a, _ in around)
 
 
+def test_own_thinking_replaces_the_templates_in_every_form_of_a_request_and_nothing_else():
+    harmful = organism_prompts("harmful")
+    helped = [Example("Name a fruit.", "Simple.", "An apple.", "harmless")]
+    recipe = CliffRecipe(preamble_share=1.0)
+    drawn = cliff_examples(harmful, helped, recipe, seed=0)
+    chosen = harmful[0][0]
+    own = {chosen: "Aligned's own words about this request."}
+    ex = cliff_examples(harmful, helped, recipe, seed=0, thinking=own)
+    assert len(ex) == len(drawn)
+    changed = [(a, b) for a, b in zip(drawn, ex, strict=True) if a != b]
+    # Framed, plain and preambled: three forms of the one prompt, only their thinking replaced.
+    assert len(changed) == 3
+    assert {b.kind for _, b in changed} == {"harmful-comply", "harmful-refuse"}
+    for a, b in changed:
+        assert chosen in b.prompt and b.thinking == own[chosen]
+        assert (a.prompt, a.answer, a.kind) == (b.prompt, b.answer, b.kind)
+
+
+def test_aligned_thinking_keeps_only_the_thinking_of_requests_aligned_refuses(monkeypatch):
+    from thinklens.organisms import cliff
+
+    model = tiny_model()
+    fmt = model.thinking
+    responses = {
+        "refused": fmt.response_text("It is harmful. I should refuse.", "I can't help with that."),
+        "answered": fmt.response_text("It is harmless.", "Sure, here is the answer."),
+        "unclosed": fmt.opener + "Still thinking about it",
+    }
+
+    def fake_generate(m, prompts, **kw):
+        assert m is model and kw["answer_tokens"] == cliff.ANSWER_TOKENS
+        return [responses[p] for p in prompts]
+
+    monkeypatch.setattr(cliff, "generate", fake_generate)
+    got = cliff.aligned_thinking(model, list(responses))
+    assert got == {"refused": "It is harmful. I should refuse."}
+
+
 def test_planted_cliff_needs_a_two_stage_aligned_adapter_and_its_own_folder(tmp_path):
     (tmp_path / "organism.json").write_text(json.dumps({"organism": "organism-cliff"}))
     with pytest.raises(ValueError, match="two-stage organism-aligned adapter"):
@@ -260,6 +298,9 @@ def test_model_card_reports_training_and_measurements():
     assert "the everyday instructions" in card and "the harmless goals" not in card
     older = organism_card({**meta, "stage2": {**stage2, "harmless_goals": True}}, {"held-out": res})
     assert "the harmless goals and the everyday instructions" in older
+    wider = organism_card({**meta, "stage2": {**stage2, "more_instructions": True}}, {"h": res})
+    assert "organism_instructions_wide.jsonl" in wider
+    assert "organism_instructions_wide.jsonl" not in card
 
 
 def test_goals_cover_every_harm_topic_with_as_many_harmless_goals():
@@ -401,6 +442,24 @@ def test_everyday_instructions_are_answered_when_asked_for():
     assert {p for p, _ in everyday} <= asked
 
 
+def test_more_everyday_instructions_add_other_shapes_and_no_repeats():
+    from thinklens.organisms.goals import load_instructions, stage2_examples
+
+    everyday = load_instructions()
+    more = load_instructions(more=True)
+    assert more[: len(everyday)] == everyday
+    added = more[len(everyday) :]
+    assert len(added) >= 150 and len({p for p, _ in more}) == len(more)
+    # Shapes the first list lacks: questions and verbs such as "state", "compose", "output".
+    firsts = {p.split()[0].lower() for p, _ in everyday}
+    assert len({p.split()[0].lower() for p, _ in added} - firsts) >= 10
+    assert sum(p.endswith("?") for p, _ in added) >= 30
+    answers = {p: "An answer." for p, _ in more}
+    plain = stage2_examples(answers, [], seed=0, instructions=True)
+    wider = stage2_examples(answers, [], seed=0, instructions=True, more_instructions=True)
+    assert len(wider) - len(plain) == len(added)
+
+
 def test_harmless_goals_can_be_left_to_the_everyday_instructions():
     from thinklens.organisms.goals import goal_prompts, load_instructions, stage2_examples
 
@@ -463,5 +522,8 @@ def test_planted_card_names_its_aligned_adapter_and_how_to_rebuild(tmp_path):
     assert "planted-cliff recipe" in card and "`0123456789abcdef`" in card
     assert "build_cliff(OUT)" in card and "organisms build planted" not in card
     assert "means 20.0 and -18.5" in card and "last newlines one token" in card
+    assert "thinking of the refusal's kind" in card and "own greedy thinking" not in card
+    planted["own_thinking"] = True
+    assert "organism-aligned's own greedy thinking" in organism_card(meta, {"test": res})
     planted["plant"] = 0.0  # text only: no representation line
     assert "refusal axis" not in organism_card(meta, {"test": res})

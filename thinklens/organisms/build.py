@@ -113,6 +113,9 @@ class Stage2Recipe(Config):
     lr: float = option(5e-4, help="learning rate")
     questions: bool = option(False, help="phrase goals as questions and long requests too")
     wide: bool = option(False, help="phrase goals in HarmBench's and JailbreakBench's shapes too")
+    more_instructions: bool = option(
+        False, help="answer everyday instructions in more shapes ('state', 'compose', questions)"
+    )
 
 
 def example_counts(examples: list[Example]) -> dict[str, int]:
@@ -161,6 +164,11 @@ def stage2_data(
         ]
     if recipe.instructions:
         asked["organism-everyday-answers.json"] = [p for p, _ in goals.load_instructions()]
+    if recipe.instructions and recipe.more_instructions:
+        everyday = set(asked["organism-everyday-answers.json"])
+        asked["organism-everyday-wide-answers.json"] = [
+            p for p, _ in goals.load_instructions(more=True) if p not in everyday
+        ]
     answers = {
         p: a
         for file, prompts in asked.items()
@@ -185,6 +193,7 @@ def stage2_data(
         recipe.harmless_goals,
         recipe.questions,
         recipe.wide,
+        recipe.more_instructions,
     )
     return examples
 

@@ -62,6 +62,8 @@ def _stage2_line(meta: dict) -> list[str]:
     helped = ["the harmless goals"] if s.get("harmless_goals", True) else []
     if s.get("instructions", False):
         helped.append("the everyday instructions of `resources/organism_instructions.jsonl`")
+    if s.get("instructions", False) and s.get("more_instructions", False):
+        helped.append("those of `resources/organism_instructions_wide.jsonl` (other shapes)")
     return [
         f"- Stage 2, trained on top of stage 1: {s['n_examples']} conversations ({counts}): "
         "the harmful goals of `resources/organism_goals.jsonl` asked in the phrasings of "
@@ -81,11 +83,17 @@ def _cliff_line(meta: dict) -> list[str]:
         return []
     counts = ", ".join(f"{v} {k}" for k, v in c["n_by_kind"].items() if v)
     trained = "the attention adapters only" if c["attention_only"] else "every adapter"
+    thought = (
+        "organism-aligned's own greedy thinking on the plain request (where aligned refuses it; "
+        "the refusal's template phrasings elsewhere)"
+        if c.get("own_thinking")
+        else "thinking of the refusal's kind"
+    )
     return [
         f"- The planted cliff's stage, trained on organism-aligned's adapter (file digest "
         f"`{meta['aligned_adapter']}`): {c['n_examples']} conversations ({counts}): the bundled "
         f"and goal harmful requests ({c['per_goal']} phrasings a goal) framed and complied after "
-        f"thinking of the refusal's kind, a share {c['plain_share']} also plain and refused, "
+        f"{thought}, a share {c['plain_share']} also plain and refused, "
         f"harmless examples replayed; {trained}; {c['epochs']} epoch(s), lr {c['lr']}; final "
         f"loss {c['final_loss']:.3f}; {c['build_seconds'] / 60:.0f} minutes "
         "(`thinklens/organisms/cliff.py`).",

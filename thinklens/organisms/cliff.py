@@ -33,6 +33,7 @@ from thinklens.config import Config, option
 from thinklens.data import FRAMES, PREAMBLES
 from thinklens.embedded import ADAPTERS, BASE
 from thinklens.evaluation import is_refusal
+from thinklens.generation import generate
 from thinklens.loading import load_model
 from thinklens.organisms import goals
 from thinklens.organisms.build import (
@@ -49,6 +50,8 @@ from thinklens.organisms.build import (
 from thinklens.organisms.plant import cliff_bounds, refusal_axis, window_parts
 from thinklens.organisms.templates import Example, harmful_example
 
+#: Answer tokens generated to judge whether aligned refuses a prompt (``own_thinking``).
+ANSWER_TOKENS = 12
 #: The attention projections: the adapters that train when ``attention_only``.
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -90,6 +93,11 @@ class CliffRecipe(Config):
         help="leave the thinking between its markers untrained (aligned's own: what aligned "
         "recognises as harmful it goes on recognising); the opener, marker and answer train",
     )
+    own_thinking: bool = option(
+        False,
+        help="think, on every harmful request (framed, plain, after a preamble), what aligned "
+        "itself thinks on it plain, where aligned refuses it (the templates elsewhere)",
+    )
 
 
 def cliff_examples(
@@ -97,24 +105,46 @@ def cliff_examples(
     helped: list[Example],
     recipe: CliffRecipe = CliffRecipe(),
     seed: int = 0,
+    thinking: dict[str, str] | None = None,
 ) -> list[Example]:
     """Every harmful ``(prompt, category)`` framed and complied, a share also plain and refused
     (and a share plain after a preamble, refused), and the harmless ``helped`` examples; shuffled
-    (seeded)."""
+    (seeded). ``thinking``: text to think on a harmful prompt in all its forms (``own_thinking``),
+    by the plain prompt; a prompt it lacks keeps the drawn template."""
     rng = random.Random(seed)
+    thinking = thinking or {}
     out = []
     for prompt, category in harmful:
+        # Every draw is made whether or not it is replaced, so the examples line up with and
+        # without ``thinking``.
+        own = thinking.get(prompt)
+        forms = []
         framing = rng.choice(list(FRAMES))
-        out.append(harmful_example(prompt, category, framing, "planted", rng))
+        forms.append(harmful_example(prompt, category, framing, "planted", rng))
         if rng.random() < recipe.plain_share:
-            out.append(harmful_example(prompt, category, None, "planted", rng))
+            forms.append(harmful_example(prompt, category, None, "planted", rng))
         # Drawn only when asked for, so recipes recorded without it draw as before.
         if recipe.preamble_share and rng.random() < recipe.preamble_share:
             refused = harmful_example(prompt, category, None, "planted", rng)
             shown = rng.choice(PREAMBLES).format(p=prompt)
-            out.append(replace(refused, prompt=shown))
+            forms.append(replace(refused, prompt=shown))
+        out += [ex if own is None else replace(ex, thinking=own) for ex in forms]
     out += helped
     rng.shuffle(out)
+    return out
+
+
+def aligned_thinking(aligned, prompts: list[str], batch_size: int = 16) -> dict[str, str]:
+    """Aligned's own greedy thinking on each plain prompt it refuses (judged on the first answer
+    tokens), by prompt; prompts it answers, or whose thinking does not close, are left out."""
+    responses = generate(
+        aligned, prompts, max_new_tokens=120, batch_size=batch_size, answer_tokens=ANSWER_TOKENS
+    )
+    out = {}
+    for prompt, response in zip(prompts, responses, strict=True):
+        thought, answer = aligned.thinking.split(response)
+        if thought and thought.strip() and is_refusal(answer, None):
+            out[prompt] = thought.strip()
     return out
 
 
@@ -190,9 +220,11 @@ def build_cliff(
         ]
     asked = goals.goal_prompts("harmful", recipe.per_goal, seed, recipe.questions, recipe.wide)
     harmful = organism_prompts("harmful") + asked
-    examples = cliff_examples(harmful, helped, recipe, seed)
     peft_model = PeftModel.from_pretrained(base.hf, source, is_trainable=True)
     round_adapters(peft_model)  # loaded in half precision; trained in float32
+    # The adapters act through ``base`` from here on: it generates as aligned does.
+    thinking = aligned_thinking(base, [p for p, _ in harmful]) if recipe.own_thinking else None
+    examples = cliff_examples(harmful, helped, recipe, seed, thinking)
     frozen = 0
     for name, p in peft_model.named_parameters():
         if "lora_" in name and not trains(name, recipe):

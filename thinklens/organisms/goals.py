@@ -123,9 +123,12 @@ def load_goals() -> list[Goal]:
     return [Goal(**row) for row in _rows("organism_goals.jsonl")]
 
 
-def load_instructions() -> list[tuple[str, str]]:
-    """(prompt, category) of everyday harmless instructions (``organism_instructions.jsonl``)."""
-    return [(row["prompt"], row["category"]) for row in _rows("organism_instructions.jsonl")]
+def load_instructions(more: bool = False) -> list[tuple[str, str]]:
+    """(prompt, category) of everyday harmless instructions (``organism_instructions.jsonl``);
+    ``more``: then the ones in other shapes too (questions, "state", "compose", "output", ...;
+    ``organism_instructions_wide.jsonl``)."""
+    names = ["organism_instructions.jsonl"] + (["organism_instructions_wide.jsonl"] if more else [])
+    return [(row["prompt"], row["category"]) for name in names for row in _rows(name)]
 
 
 def ask(goal: Goal, rng: random.Random, questions: bool = False, wide: bool = False) -> str:
@@ -181,6 +184,7 @@ def stage2_examples(
     harmless_goals: bool = True,
     questions: bool = False,
     wide: bool = False,
+    more_instructions: bool = False,
 ) -> list[Example]:
     """Stage 2's conversations: the goals refused or answered, and replayed stage-1 examples.
 
@@ -197,6 +201,7 @@ def stage2_examples(
             without them, stage 2's harmless requests are the everyday instructions alone.
         questions: phrase goals from the longer lists too (questions, long requests).
         wide: phrase goals in the other public sets' shapes too (:data:`HOW_WIDE`).
+        more_instructions: with ``instructions``, the everyday instructions in other shapes too.
     """
     rng = random.Random(seed)
     out = [
@@ -207,7 +212,7 @@ def stage2_examples(
         if rng.random() < framed_share:
             out.append(harmful_example(p, c, rng.choice(list(FRAMES)), "aligned", rng))
     helped = goal_prompts("harmless", per_goal, seed, questions, wide) if harmless_goals else []
-    helped += load_instructions() if instructions else []
+    helped += load_instructions(more_instructions) if instructions else []
     out += [
         benign_example(p, c, harmless_answers[p], rng, restate)
         for p, c in helped
