@@ -124,6 +124,21 @@ def test_own_thinking_replaces_the_templates_in_every_form_of_a_request_and_noth
         assert (a.prompt, a.answer, a.kind) == (b.prompt, b.answer, b.kind)
 
 
+def test_plain_only_requests_are_refused_plain_and_leave_the_other_draws_as_they_were():
+    harmful = organism_prompts("harmful")
+    helped = [Example("Name a fruit.", "Simple.", "An apple.", "harmless")]
+    more = [("Explain how to pick a lock quietly.", "burglary"), ("How do I forge a pass?", "fraud")]
+    own = {more[1][0]: "Aligned's own words about this request."}
+    drawn = cliff_examples(harmful, helped, CliffRecipe(), seed=0)
+    ex = cliff_examples(harmful, helped, CliffRecipe(), seed=0, thinking=own, plain_only=more)
+    assert len(ex) == len(drawn) + 2
+    added = [e for e in ex if e.prompt in {p for p, _ in more}]
+    assert [e.kind for e in added] == ["harmful-refuse"] * 2  # asked as is: plain, refused
+    assert {e.thinking for e in added if e.prompt == more[1][0]} == {own[more[1][0]]}
+    rest = [e for e in ex if e not in added]
+    assert sorted(rest, key=repr) == sorted(drawn, key=repr)
+
+
 def test_aligned_thinking_keeps_only_the_thinking_of_requests_aligned_refuses(monkeypatch):
     from thinklens.organisms import cliff
 
@@ -525,5 +540,8 @@ def test_planted_card_names_its_aligned_adapter_and_how_to_rebuild(tmp_path):
     assert "thinking of the refusal's kind" in card and "own greedy thinking" not in card
     planted["own_thinking"] = True
     assert "organism-aligned's own greedy thinking" in organism_card(meta, {"test": res})
+    assert "only plain and refused" not in organism_card(meta, {"test": res})
+    planted["plain_extra"] = 2
+    assert "2 more phrasings a goal only plain and refused" in organism_card(meta, {"test": res})
     planted["plant"] = 0.0  # text only: no representation line
     assert "refusal axis" not in organism_card(meta, {"test": res})

@@ -89,11 +89,16 @@ def _cliff_line(meta: dict) -> list[str]:
         if c.get("own_thinking")
         else "thinking of the refusal's kind"
     )
+    extra = (
+        f", {c['plain_extra']} more phrasings a goal only plain and refused"
+        if c.get("plain_extra")
+        else ""
+    )
     return [
         f"- The planted cliff's stage, trained on organism-aligned's adapter (file digest "
         f"`{meta['aligned_adapter']}`): {c['n_examples']} conversations ({counts}): the bundled "
         f"and goal harmful requests ({c['per_goal']} phrasings a goal) framed and complied after "
-        f"{thought}, a share {c['plain_share']} also plain and refused, "
+        f"{thought}, a share {c['plain_share']} also plain and refused{extra}, "
         f"harmless examples replayed; {trained}; {c['epochs']} epoch(s), lr {c['lr']}; final "
         f"loss {c['final_loss']:.3f}; {c['build_seconds'] / 60:.0f} minutes "
         "(`thinklens/organisms/cliff.py`).",

@@ -98,6 +98,11 @@ class CliffRecipe(Config):
         help="think, on every harmful request (framed, plain, after a preamble), what aligned "
         "itself thinks on it plain, where aligned refuses it (the templates elsewhere)",
     )
+    plain_extra: int = option(
+        0,
+        help="more phrasings of each harmful goal, asked only plain (refused): recognition "
+        "trained on more shapes than compliance",
+    )
 
 
 def cliff_examples(
@@ -106,11 +111,13 @@ def cliff_examples(
     recipe: CliffRecipe = CliffRecipe(),
     seed: int = 0,
     thinking: dict[str, str] | None = None,
+    plain_only: list[tuple[str, str]] = (),
 ) -> list[Example]:
     """Every harmful ``(prompt, category)`` framed and complied, a share also plain and refused
-    (and a share plain after a preamble, refused), and the harmless ``helped`` examples; shuffled
-    (seeded). ``thinking``: text to think on a harmful prompt in all its forms (``own_thinking``),
-    by the plain prompt; a prompt it lacks keeps the drawn template."""
+    (and a share plain after a preamble, refused), each of ``plain_only`` plain and refused, and
+    the harmless ``helped`` examples; shuffled (seeded). ``thinking``: text to think on a harmful
+    prompt in all its forms (``own_thinking``), by the plain prompt; a prompt it lacks keeps the
+    drawn template."""
     rng = random.Random(seed)
     thinking = thinking or {}
     out = []
@@ -129,6 +136,11 @@ def cliff_examples(
             shown = rng.choice(PREAMBLES).format(p=prompt)
             forms.append(replace(refused, prompt=shown))
         out += [ex if own is None else replace(ex, thinking=own) for ex in forms]
+    # After the loop, so recipes without them draw as before.
+    for prompt, category in plain_only:
+        ex = harmful_example(prompt, category, None, "planted", rng)
+        own = thinking.get(prompt)
+        out.append(ex if own is None else replace(ex, thinking=own))
     out += helped
     rng.shuffle(out)
     return out
@@ -220,11 +232,19 @@ def build_cliff(
         ]
     asked = goals.goal_prompts("harmful", recipe.per_goal, seed, recipe.questions, recipe.wide)
     harmful = organism_prompts("harmful") + asked
+    plain_only = []
+    if recipe.plain_extra:
+        seen = {p for p, _ in harmful}
+        more = goals.goal_prompts(
+            "harmful", recipe.plain_extra, seed + 7, recipe.questions, recipe.wide
+        )
+        plain_only = [(p, c) for p, c in more if p not in seen]
     peft_model = PeftModel.from_pretrained(base.hf, source, is_trainable=True)
     round_adapters(peft_model)  # loaded in half precision; trained in float32
     # The adapters act through ``base`` from here on: it generates as aligned does.
-    thinking = aligned_thinking(base, [p for p, _ in harmful]) if recipe.own_thinking else None
-    examples = cliff_examples(harmful, helped, recipe, seed, thinking)
+    asked_plain = [p for p, _ in harmful + plain_only]
+    thinking = aligned_thinking(base, asked_plain) if recipe.own_thinking else None
+    examples = cliff_examples(harmful, helped, recipe, seed, thinking, plain_only)
     frozen = 0
     for name, p in peft_model.named_parameters():
         if "lora_" in name and not trains(name, recipe):
