@@ -31,13 +31,22 @@ def rollout(
     batch_size: int = 16,
     judge: Judge | None = None,
     progress: bool = True,
+    answer_tokens: int | None = None,
 ) -> pd.DataFrame:
-    """Greedy responses with their thinking, answer and refusal verdict, one row per prompt."""
+    """Greedy responses with their thinking, answer and refusal verdict, one row per prompt.
+
+    ``answer_tokens``: stop a response that many tokens after its thinking closes (enough to
+    judge a refusal by its opening; see `generate`)."""
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given: a rollout needs at least one prompt")
     responses = _responses(
-        model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+        model,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        answer_tokens=answer_tokens,
     )
     judge = judge or MarkerJudge(fmt=model.thinking)
     parts = [model.thinking.split(r) for r in responses]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import thinklens as tl
+from thinklens import rollouts
 from thinklens.data import FRAMES, PREAMBLES
 from thinklens.embedded import ADAPTERS, organism_kind
 from thinklens.organisms import behaviour
@@ -127,7 +128,10 @@ def test_own_thinking_replaces_the_templates_in_every_form_of_a_request_and_noth
 def test_plain_only_requests_are_refused_plain_and_leave_the_other_draws_as_they_were():
     harmful = organism_prompts("harmful")
     helped = [Example("Name a fruit.", "Simple.", "An apple.", "harmless")]
-    more = [("Explain how to pick a lock quietly.", "burglary"), ("How do I forge a pass?", "fraud")]
+    more = [
+        ("Explain how to pick a lock quietly.", "burglary"),
+        ("How do I forge a pass?", "fraud"),
+    ]
     own = {more[1][0]: "Aligned's own words about this request."}
     drawn = cliff_examples(harmful, helped, CliffRecipe(), seed=0)
     ex = cliff_examples(harmful, helped, CliffRecipe(), seed=0, thinking=own, plain_only=more)
@@ -154,7 +158,8 @@ def test_aligned_thinking_keeps_only_the_thinking_of_requests_aligned_refuses(mo
         assert m is model and kw["answer_tokens"] == cliff.ANSWER_TOKENS
         return [responses[p] for p in prompts]
 
-    monkeypatch.setattr(cliff, "generate", fake_generate)
+    # Underneath `rollout`, which splits and judges as every other rollout does.
+    monkeypatch.setattr(rollouts, "generate", fake_generate)
     got = cliff.aligned_thinking(model, list(responses))
     assert got == {"refused": "It is harmful. I should refuse."}
 

@@ -33,7 +33,6 @@ from thinklens.config import Config, option
 from thinklens.data import FRAMES, PREAMBLES
 from thinklens.embedded import ADAPTERS, BASE
 from thinklens.evaluation import is_refusal
-from thinklens.generation import generate
 from thinklens.loading import load_model
 from thinklens.organisms import goals
 from thinklens.organisms.build import (
@@ -49,6 +48,7 @@ from thinklens.organisms.build import (
 )
 from thinklens.organisms.plant import cliff_bounds, refusal_axis, window_parts
 from thinklens.organisms.templates import Example, harmful_example
+from thinklens.rollouts import rollout
 
 #: Answer tokens generated to judge whether aligned refuses a prompt (``own_thinking``).
 ANSWER_TOKENS = 12
@@ -149,15 +149,9 @@ def cliff_examples(
 def aligned_thinking(aligned, prompts: list[str], batch_size: int = 16) -> dict[str, str]:
     """Aligned's own greedy thinking on each plain prompt it refuses (judged on the first answer
     tokens), by prompt; prompts it answers, or whose thinking does not close, are left out."""
-    responses = generate(
-        aligned, prompts, max_new_tokens=120, batch_size=batch_size, answer_tokens=ANSWER_TOKENS
-    )
-    out = {}
-    for prompt, response in zip(prompts, responses, strict=True):
-        thought, answer = aligned.thinking.split(response)
-        if thought and thought.strip() and is_refusal(answer, None):
-            out[prompt] = thought.strip()
-    return out
+    table = rollout(aligned, prompts, 120, batch_size, progress=False, answer_tokens=ANSWER_TOKENS)
+    closed = table[table["thinking"].notna() & table["refused"]]
+    return {row.prompt: row.thinking.strip() for row in closed.itertuples() if row.thinking.strip()}
 
 
 def layer_range(spec: str) -> range | None:
