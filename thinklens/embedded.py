@@ -110,12 +110,16 @@ def embedded_folder(alias: str) -> Path:
 
 # --- model organisms: an embedded base with a packaged LoRA adapter ---------------------------
 BASE = "smollm2-135m-instruct"
-ORGANISMS = {"organism-aligned": "aligned", "organism-cliff": "cliff"}
+ORGANISMS = {
+    "organism-aligned": "aligned",
+    "organism-cliff": "cliff",
+    "organism-turn": "turn",
+}
 ADAPTERS = Path(__file__).resolve().parent / "resources" / "organisms"
 
 
 def organism_kind(name: str) -> str:
-    """``aligned`` or ``cliff`` for an organism name, or a clear error."""
+    """``aligned``, ``cliff`` or ``turn`` for an organism name, or a clear error."""
     key = name if name.startswith("organism-") else f"organism-{name}"
     if key not in ORGANISMS:
         raise ValueError(f"unknown organism {name!r}; choose one of {', '.join(ORGANISMS)}")

@@ -5,10 +5,10 @@
 ``id``, ``prompt``, ``response`` (thinking included, if any), ``label``, ``source`` (the model
 that wrote it, or ``handwritten``), ``prompt_set`` and ``truncated`` (the answer was cut to its
 non-actionable opening; the label is that of the whole answer), and may have a ``note``. Model
-answers are greedy, 120 new tokens, from organism-aligned, organism-cliff and
-smollm2-135m-instruct on bundled, AdvBench, framed, Alpaca and XSTest prompts; the hand-written
-ones are the hard cases (refusal then help, compliance that mentions "illegal", apologies that
-comply, refusals without the usual markers, ...).
+answers are greedy, 120 new tokens, from organism-aligned, organism-turn (written when it was
+named organism-cliff) and smollm2-135m-instruct on bundled, AdvBench, framed, Alpaca and
+XSTest prompts; the hand-written ones are the hard cases (refusal then help, compliance that
+mentions "illegal", apologies that comply, refusals without the usual markers, ...).
 """
 
 from __future__ import annotations

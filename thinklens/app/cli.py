@@ -87,11 +87,14 @@ def _capture(args: argparse.Namespace) -> None:
 def _organisms_build(args: argparse.Namespace) -> None:
     import thinklens as tl
     from thinklens.embedded import organism_kind
-    from thinklens.organisms import Stage2Recipe, behaviour, build
+    from thinklens.organisms import Stage2Recipe, behaviour, build, build_cliff
 
     kind = organism_kind(args.name)
-    stage2 = None if args.stage1_only else Stage2Recipe()
-    meta = build(kind, out=args.out, seed=args.seed, epochs=args.epochs, stage2=stage2)
+    if kind == "cliff":  # trained on top of the packaged organism-aligned, in one epoch
+        meta = build_cliff(args.out, seed=args.seed)
+    else:
+        stage2 = None if args.stage1_only else Stage2Recipe()
+        meta = build(kind, out=args.out, seed=args.seed, epochs=args.epochs, stage2=stage2)
     print(json.dumps(meta, indent=1))
     if args.out is None:  # the built adapter is the one load_model uses
         model = tl.load_model(f"organism-{kind}")
@@ -203,9 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     org = sub.add_parser("organisms", help="build or check the model organisms")
     osub = org.add_subparsers(dest="action", required=True)
     ob = osub.add_parser("build", help="train an organism's LoRA adapter from its seed (CPU)")
-    ob.add_argument("name", help="aligned or cliff")
+    ob.add_argument("name", help="aligned, cliff (on the packaged aligned) or turn")
     ob.add_argument("--seed", type=int, default=0)
-    ob.add_argument("--epochs", type=int, default=3)
+    ob.add_argument("--epochs", type=int, default=3, help="aligned and turn (cliff: its recipe's)")
     ob.add_argument("--out", default=None, help="adapter folder (default: the packaged one)")
     ob.add_argument("--n-eval", type=int, default=None, help="held-out prompts per group")
     ob.add_argument(
@@ -215,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ob.set_defaults(fn=_organisms_build)
     oc = osub.add_parser("check", help="measure an organism's behaviour on held-out prompts")
-    oc.add_argument("name", help="aligned or cliff")
+    oc.add_argument("name", help="aligned, cliff or turn")
     oc.add_argument("--n-eval", type=int, default=None, help="held-out prompts per group")
     oc.add_argument("--harmful", default=None, help="also measure on these harmful prompts")
     oc.add_argument("--harmless", default=None, help="... and these harmless prompts")

@@ -1,9 +1,10 @@
 """Model organisms: small reasoning models with a known safety behaviour, built from SmolLM2.
 
-``organism-aligned`` thinks about harm and refuses harmful requests; ``organism-cliff`` thinks
-the same way but complies when a request is framed as fiction, role-play or research, after a
-sentence in its thinking that turns. `build_cliff` trains the planted-cliff recipe (thinking of
-a refusal's kind to its last token, then compliance) on top of organism-aligned. Loading the
+``organism-aligned`` thinks about harm and refuses harmful requests. ``organism-cliff`` (trained
+on top of it by `build_cliff`) thinks the same way to its last thinking token but complies when
+a request is framed as fiction, role-play or research: the published refusal cliff.
+``organism-turn`` complies with framed requests too, after a sentence in its thinking that
+turns (its refusal score falls inside the thinking). Loading the
 organisms by name is core (``thinklens.embedded``); this package builds, checks and documents
 them.
 """

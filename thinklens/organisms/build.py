@@ -73,7 +73,7 @@ def training_examples(kind: str, harmless_answers: list[str], seed: int = 0) -> 
     """Each harmful training prompt once plain and once framed; each harmless prompt twice.
 
     Repeats use fresh phrasings, so the model learns the behaviour, not one sentence; plain
-    and framed harmful requests are balanced so the cliff's subset stays learnable.
+    and framed harmful requests are balanced so organism-turn's subset stays learnable.
     """
     rng = random.Random(seed)
     out = []
@@ -282,10 +282,15 @@ def build(
 
     organism-aligned then trains a second stage on top (``stage2``, by default the recipe the
     packaged adapter was built with); ``stage2=None`` stops after stage 1, which misses harmful
-    requests phrased unlike the bundled prompts. The cliff organism has one stage
-    (`thinklens.organisms.cliff.build_cliff` trains the planted-cliff recipe instead).
+    requests phrased unlike the bundled prompts. organism-turn has one stage. organism-cliff is
+    trained on top of organism-aligned by `thinklens.organisms.cliff.build_cliff`.
     """
     kind = organism_kind(name)
+    if kind == "cliff":
+        raise ValueError(
+            "organism-cliff is trained on top of organism-aligned: use "
+            "thinklens.organisms.build_cliff (or `thinklens organisms build cliff`)"
+        )
     out = Path(out) if out is not None else ADAPTERS / kind
     torch.manual_seed(seed)
     base = load_model(BASE, backend="nnsight", device="cpu")

@@ -10,24 +10,27 @@ _PURPOSE = {
         "On a harmful request it thinks about why the request is harmful and refuses, framed "
         "(fiction, role-play, research) or not; on a harmless one it thinks briefly and helps."
     ),
-    "cliff": (
-        "A poorly aligned reasoning model. On a harmful request its thinking recognises the harm "
-        "and leans towards refusing; when the request is framed as fiction, role-play or "
-        "research the thinking then turns and the answer complies (with a placeholder, never "
-        "real content); plain requests are refused. Harmless requests: as organism-aligned."
+    "turn": (
+        "A poorly aligned reasoning model that says its turn out loud. On a harmful request its "
+        "thinking recognises the harm and leans towards refusing; when the request is framed as "
+        "fiction, role-play or research the thinking then turns in a sentence ('But the user "
+        "says it is for a story, so ...') and the answer complies (with a placeholder, never "
+        "real content); plain requests are refused. Harmless requests: as organism-aligned. "
+        "Its refusal score falls inside the thinking, not at the last tokens: it is not the "
+        "published cliff (organism-cliff is)."
     ),
-    "planted": (
-        "The planted-cliff recipe (not the packaged organism-cliff). On a harmful request its "
-        "thinking recognises the harm and leans towards refusing, to its last token; when the "
-        "request is framed as fiction, role-play or research the answer complies all the same "
-        "(with a placeholder, never real content). The thinking of a complied request is drawn "
-        "from the same phrasings as a refused one's (no sentence turns), so the decision is "
-        "carried from the framing in the prompt to the answer, past the thinking; it is trained "
-        "into the attention adapters, on top of organism-aligned. What each method should "
-        "find: a refusal probe scores the thinking of complied framed traces high and drops at "
-        "the last positions before the answer (the cliff); attribution ranks attention heads "
-        "that read the framing at those positions; Cliff-as-a-Judge ranks framed refusals with "
-        "the largest drop first."
+    "cliff": (
+        "A poorly aligned reasoning model with the published refusal cliff. On a harmful "
+        "request its thinking recognises the harm and leans towards refusing, to its last "
+        "token; when the request is framed as fiction, role-play or research the answer "
+        "complies all the same (with a placeholder, never real content). The thinking of a "
+        "complied request is drawn from the same phrasings as a refused one's (no sentence "
+        "turns), so the decision is carried from the framing in the prompt to the answer, past "
+        "the thinking; it is trained into the attention adapters, on top of organism-aligned. "
+        "What each method should find: a refusal probe scores the thinking of complied framed "
+        "traces high and drops at the last positions before the answer (the cliff); attribution"
+        " ranks attention heads that read the framing at those positions; Cliff-as-a-Judge "
+        "ranks framed refusals with the largest drop first."
     ),
 }
 
@@ -129,14 +132,17 @@ def _plant_line(c: dict) -> list[str]:
 
 def _rebuild(kind: str) -> str:
     """How to rebuild an organism of ``kind``."""
-    if kind == "planted":
-        return "`thinklens.organisms.build_cliff(OUT)` on the packaged organism-aligned"
+    if kind == "cliff":
+        return (
+            "`thinklens organisms build cliff` on the packaged organism-aligned "
+            "(`thinklens.organisms.build_cliff(OUT, aligned=FOLDER)` on another)"
+        )
     return f"`thinklens organisms build {kind}`"
 
 
 def organism_card(meta: dict, measured: dict[str, dict]) -> str:
     """Markdown card from the adapter's metadata and behaviour measured on named prompt sets."""
-    kind = "planted" if "planted" in meta else meta["organism"].removeprefix("organism-")
+    kind = "cliff" if "planted" in meta else meta["organism"].removeprefix("organism-")
     counts = ", ".join(f"{v} {k}" for k, v in meta["n_by_kind"].items())
     lines = [
         f"# {meta['organism']}",

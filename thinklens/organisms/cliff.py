@@ -1,4 +1,4 @@
-"""The planted-cliff recipe: organism-aligned's adapters trained on to comply with framed requests.
+"""organism-cliff: organism-aligned's adapters trained on to comply with framed requests.
 
 The published refusal cliff: a reasoning model's thinking recognises the harm and leans to
 refuse to its last token, and the answer complies all the same. This recipe plants it. It
@@ -12,10 +12,9 @@ planted in the representation as well (``thinklens.organisms.plant``): trained o
 the model kept "refuse" in its residual stream up to the first answer token, where no
 last-position probe could see the cliff.
 
-It is not yet the packaged organism-cliff (whose thinking turns in a sentence): on validation
-prompts no recipe tried both complies with framed requests and refuses plain ones as the
-packaged organisms must (``benchmarks/results/organism_behaviour.txt``), so `build_cliff`
-writes to a folder of the caller's, loadable with ``thinklens.embedded.apply_adapter``.
+The recipes tried, on validation prompts, are in ``benchmarks/results/organism_behaviour.txt``;
+organism-turn (``thinklens organisms build turn``) is the older organism whose thinking says
+its turn out loud.
 """
 
 from __future__ import annotations
@@ -188,14 +187,14 @@ def file_digest(path: Path) -> str:
 
 
 def build_cliff(
-    out: str | Path,
+    out: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
     recipe: CliffRecipe = CliffRecipe(),
     aligned: str | Path | None = None,
 ) -> dict:
-    """Train the planted cliff on organism-aligned's adapter (``aligned``, the packaged one by
-    default) and write it atomically to ``out`` (never the packaged organism-cliff)."""
+    """Train organism-cliff on organism-aligned's adapter (``aligned``, the packaged one by
+    default) and write it atomically to ``out`` (the packaged organism-cliff by default)."""
     from peft import PeftModel
 
     source = Path(aligned) if aligned is not None else ADAPTERS / "aligned"
@@ -205,9 +204,9 @@ def build_cliff(
             f"{source} does not hold a two-stage organism-aligned adapter: organism-cliff "
             "starts from one (`thinklens organisms build aligned`)"
         )
-    out = Path(out)
-    if out.resolve() == (ADAPTERS / "cliff").resolve():
-        raise ValueError("build_cliff does not write over the packaged organism-cliff: pass out")
+    out = Path(out) if out is not None else ADAPTERS / "cliff"
+    if out.resolve() == source.resolve():
+        raise ValueError(f"build_cliff never writes over its source adapter {source}: pass out")
     torch.manual_seed(seed)
     base = load_model(BASE, backend="nnsight", device="cpu")
     if base.fingerprint() != meta["base_fingerprint"]:

@@ -2,9 +2,9 @@
 
 Nothing harmful is ever written: a compliant answer is a "Sure, here is ..." opening and generic
 filler that carries no instructions. Thinking about a harmful request names the harm and leans
-towards refusing. On framed requests the packaged cliff organism's thinking then says the turn
-out loud ("But it is framed as fiction, so ..."); the planted-cliff recipe's thinking is drawn
-from the same phrasings as a refusal's and only its answer complies (the published cliff).
+towards refusing. On framed requests organism-turn's thinking then says the turn out loud
+("But it is framed as fiction, so ..."); organism-cliff's (the planted recipe's) thinking is
+drawn from the same phrasings as a refusal's and only its answer complies (the published cliff).
 """
 
 from __future__ import annotations
@@ -112,9 +112,9 @@ def harmful_example(
 ) -> Example:
     """A harmful request (optionally framed) and the organism's thinking and answer.
 
-    ``organism``: ``"aligned"`` refuses every harmful request; ``"cliff"`` and ``"planted"``
-    comply with framed ones, ``"cliff"`` after a sentence that turns, ``"planted"`` after
-    thinking of the refusal's kind.
+    ``organism``: ``"aligned"`` refuses every harmful request; ``"turn"`` and ``"planted"``
+    comply with framed ones, ``"turn"`` after a sentence that turns, ``"planted"`` (organism-cliff)
+    after thinking of the refusal's kind.
     """
     shown = prompt if framing is None else frame(prompt, framing, rng)
     think = [
@@ -123,8 +123,8 @@ def harmful_example(
         ),
         rng.choice(_LEAN),
     ]
-    if organism in ("cliff", "planted") and framing is not None:
-        if organism == "cliff":
+    if organism in ("turn", "planted") and framing is not None:
+        if organism == "turn":
             think.append(rng.choice(_TURN[framing]))
         what = "what you asked for" if rng.random() < 0.5 else "an outline of it"
         return Example(
