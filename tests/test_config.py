@@ -160,9 +160,9 @@ def test_default_of_reads_the_functions_default():
 def test_the_organism_recipe_is_a_strict_config():
     from thinklens.organisms import Stage2Recipe
 
-    published = dict(per_goal=3, framed_share=0.5, replay_harmless=0.5, replay_harmful=0.25)
+    published = dict(per_goal=4, framed_share=0.5, replay_harmless=0.5, replay_harmful=0.25)
     published |= dict(instructions=True, restate=False, harmless_goals=False, epochs=1, lr=5e-4)
-    published |= dict(questions=False, wide=False, more_instructions=False)
+    published |= dict(questions=True, wide=True, more_instructions=False)
     assert dataclasses.asdict(Stage2Recipe()) == published  # the packaged adapter's recipe
     assert Stage2Recipe.from_dict({"per_goal": 2, "lr": 1}) == Stage2Recipe(per_goal=2, lr=1.0)
     with pytest.raises(ValueError, match="unknown key 'per_goals' in recipe; known keys: per_goal"):

@@ -35,8 +35,9 @@ from thinklens.rollouts import traces_of
 HEAD_FRACTION = 0.03
 #: The abliteration preset: DECCP takes its direction at layer int(0.6 L), so no search runs.
 PRESET = "deccp"
-#: Tail length of the cliff, in tokens: organism-cliff turns 10-20 tokens before its answer,
-#: and k = 16 was chosen on validation rollouts (benchmarks/results/refusal_cliff.txt).
+#: Tail length of the cliff, in tokens: chosen on validation rollouts of organism-turn, which
+#: turns 10-20 tokens before its answer (benchmarks/results/refusal_cliff.txt); not yet chosen
+#: again on organism-cliff, whose decision falls at the last positions.
 CLIFF_K = 16
 #: Share of the candidate pool Cliff-as-a-Judge selects.
 SELECT_FRACTION = 0.25

@@ -96,13 +96,13 @@ def format_example(model, ex: Example, split_marker: bool = False) -> tuple[list
 class Stage2Recipe(Config):
     """organism-aligned's second stage (``thinklens.organisms.goals``), trained on top of stage 1.
 
-    The defaults are the recipe chosen on validation prompts among ten
-    (``benchmarks/results/organism_stage2.txt``); unknown keys are errors. ``questions=True``
-    with ``per_goal=4`` refuses more held-out requests and more harmless ones
-    (``benchmarks/results/organism_behaviour.txt``).
+    The defaults are the packaged adapter's recipe, C in
+    ``benchmarks/results/organism_behaviour.txt``: chosen there on validation prompts over B
+    (the recipe of ``organism_stage2.txt``, ``per_goal=3`` without questions or wide shapes), D,
+    E and F, and reported once on the held-out sets; unknown keys are errors.
     """
 
-    per_goal: int = option(3, help="phrasings of each goal")
+    per_goal: int = option(4, help="phrasings of each goal")
     framed_share: float = option(0.5, help="share of harmful goals also asked under a framing")
     replay_harmless: float = option(0.5, help="share of stage 1's harmless examples replayed")
     replay_harmful: float = option(0.25, help="share of stage 1's refusals replayed")
@@ -111,8 +111,8 @@ class Stage2Recipe(Config):
     harmless_goals: bool = option(False, help="answer the harmless goals")
     epochs: int = option(1, help="epochs over stage 2's examples")
     lr: float = option(5e-4, help="learning rate")
-    questions: bool = option(False, help="phrase goals as questions and long requests too")
-    wide: bool = option(False, help="phrase goals in HarmBench's and JailbreakBench's shapes too")
+    questions: bool = option(True, help="phrase goals as questions and long requests too")
+    wide: bool = option(True, help="phrase goals in HarmBench's and JailbreakBench's shapes too")
     more_instructions: bool = option(
         False, help="answer everyday instructions in more shapes ('state', 'compose', questions)"
     )

@@ -57,18 +57,20 @@ ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 @dataclass(frozen=True, kw_only=True)
 class CliffRecipe(Config):
-    """The planted cliff's stage on top of organism-aligned; unknown keys are errors.
+    """organism-cliff's stage on top of organism-aligned; unknown keys are errors.
 
-    The defaults are the best of four recipes on validation prompts (v5 in
-    ``benchmarks/results/organism_behaviour.txt`` and ``refusal_cliff_planted_val.txt``).
+    The defaults are the packaged adapter's recipe: v14, the best of the recipes v5-v18 on
+    validation prompts (``benchmarks/results/organism_behaviour.txt``), reported once on the
+    held-out sets there. Seeds matter: v14's recipe with seed 1 refused 0.475 of HarmBench
+    validation requests asked plain, against v14's 0.775.
     """
 
     per_goal: int = option(2, help="phrasings of each harmful goal")
     questions: bool = option(True, help="phrase goals as questions and long requests too")
-    wide: bool = option(False, help="phrase goals in HarmBench's and JailbreakBench's shapes too")
+    wide: bool = option(True, help="phrase goals in HarmBench's and JailbreakBench's shapes too")
     plain_share: float = option(1.0, help="share of harmful requests also asked plain (refused)")
     preamble_share: float = option(
-        0.0,
+        1.0,
         help="share of harmful requests also asked plain after a preamble that is not a framing "
         "(refused): framing, not length, is what complies",
     )
@@ -93,7 +95,7 @@ class CliffRecipe(Config):
         "recognises as harmful it goes on recognising); the opener, marker and answer train",
     )
     own_thinking: bool = option(
-        False,
+        True,
         help="think, on every harmful request (framed, plain, after a preamble), what aligned "
         "itself thinks on it plain, where aligned refuses it (the templates elsewhere)",
     )

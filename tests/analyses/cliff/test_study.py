@@ -133,10 +133,11 @@ needs_cliff = pytest.mark.skipif(
 )
 
 
-#: Tail length for the window probe's cliff, chosen on validation rollouts of organism-cliff
-#: (HarmBench val plain + framed, Alpaca val; not the test prompts): of k in {4, 8, 12, 16, 20}
-#: that keep every harmless trace (k = 20 leaves none), the one whose worse CI lower bound of
-#: the two comparisons is highest (benchmarks/refusal_cliff.py).
+#: Tail length for the window probe's cliff, chosen on validation rollouts of organism-turn
+#: (the organism-cliff of the time; not yet chosen again on today's): HarmBench val plain +
+#: framed, Alpaca val, not the test prompts; of k in {4, 8, 12, 16, 20} that keep every
+#: harmless trace (k = 20 leaves none), the one whose worse CI lower bound of the two
+#: comparisons is highest (benchmarks/refusal_cliff.py).
 K_WINDOW = 16
 
 
@@ -196,11 +197,7 @@ def test_complied_harmful_traces_have_the_largest_cliff(cliff_study):
 
 @pytest.mark.real
 @needs_cliff
-@pytest.mark.xfail(
-    strict=True,
-    reason="known result (issue 4): the published probe (last position only) on organism-cliff "
-    "scores complied harmful traces' thinking as high as the rest: no larger cliff "
-    "(benchmarks/results/refusal_cliff.txt)",
-)
 def test_published_probe_gives_complied_traces_the_largest_cliff(cliff_study):
+    """The published probe (last position only): organism-turn's thinking said its turn, so
+    the score fell inside it (benchmarks/results/refusal_cliff.txt); organism-cliff's does not."""
     _assert_largest_cliff(cliff_study["published"][1])
