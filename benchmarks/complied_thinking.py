@@ -29,13 +29,14 @@ def main() -> None:
     args = p.parse_args()
     from thinklens.evaluation import is_refusal
     from thinklens.organisms.check import HARM_WORDS, has_turn
+    from thinklens.traces import split_response
 
     rows = [json.loads(line) for line in args.dump.read_text().splitlines() if line.strip()]
     complied = [r for r in rows if r["group"] == args.group and not is_refusal(r["response"])]
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     harmful_thinking = []
     for r in complied:
-        thinking = r["response"].partition("</think>")[0]
+        thinking = split_response(r["response"])[0]  # closed: an unclosed one is a refusal
         c = counts[r["set"]]
         c["complied"] += 1
         if HARM_WORDS.search(thinking):
@@ -55,7 +56,7 @@ def main() -> None:
     picked = rng.sample(harmful_thinking, min(args.read, len(harmful_thinking)))
     print(f"{len(picked)} complied traces that state harm (seed {args.seed}), thinking only:")
     for name, thinking in picked:
-        text = " ".join(thinking.replace("<think>", "").split())
+        text = " ".join(thinking.split())
         print(f"  [{name}] {text}")
 
 

@@ -142,7 +142,8 @@ def _rebuild(kind: str) -> str:
 
 def organism_card(meta: dict, measured: dict[str, dict]) -> str:
     """Markdown card from the adapter's metadata and behaviour measured on named prompt sets."""
-    kind = "cliff" if "planted" in meta else meta["organism"].removeprefix("organism-")
+    # build_cliff names its adapters organism-cliff, so the name alone says the kind.
+    kind = meta["organism"].removeprefix("organism-")
     counts = ", ".join(f"{v} {k}" for k, v in meta["n_by_kind"].items())
     lines = [
         f"# {meta['organism']}",
