@@ -3,13 +3,15 @@
 Probes, both from one rollout of 64 bundled harmful and 64 bundled harmless train prompts,
 labelled by the organism's own behaviour (refused harmful = 1, benign = 0), last layer after the
 final norm:
-- published: trained at the last position of prompt + thinking + marker; read (cliffs with
-  k = 8, last score) on those same texts, so at the token it was trained on;
-- window: trained at every thinking and marker position (``positions="window"``); k chosen on
-  validation rollouts (24 HarmBench val behaviours plain and framed, 24 Alpaca val
-  instructions: ``validation_prompts``), never on the test prompts.
+- published: trained at the last position of prompt + thinking + marker; read (cliffs, last
+  score) on those same texts, so at the token it was trained on;
+- window: trained at every thinking and marker position (``positions="window"``).
+Each probe's tail length k is chosen on validation rollouts (24 HarmBench val behaviours plain
+and framed, 24 Alpaca val instructions: ``validation_prompts``), never on the test prompts.
 Cliffs: held-out prompts (12 AdvBench + 12 JailbreakBench, plain and framed, and 24
 Alpaca-style harmless from ../shared/data; the bundled test split when absent).
+``--held-out harmbench-strongreject`` reads 12 HarmBench test + 12 StrongREJECT instead (same
+harmless prompts): sets no probe, k or organism recipe was chosen on.
 Run: ``python -P benchmarks/refusal_cliff.py [--model NAME_OR_ADAPTER_FOLDER] [--out STEM]``;
 writes results/refusal_cliff.txt and .html (or STEM.txt and STEM.html). ``--split val`` reads
 both probes on the validation rollouts only (for choosing a recipe; no test prompt is read).
@@ -29,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from common import SHARED_DATA, held_out_prompts, load_organism  # noqa: E402
+from common import SHARED_DATA, harmbench_behaviours, held_out_prompts, load_organism  # noqa: E402
 
 import thinklens as tl  # noqa: E402
 from thinklens.analyses.cliff import CliffResult, cliff_by_group  # noqa: E402
@@ -50,7 +52,6 @@ from thinklens.rollouts import rollout  # noqa: E402
 from thinklens.stats import compare, mean_ci  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
-K_PUBLISHED = 8
 K_CANDIDATES = (4, 8, 12, 16, 20)
 FMT = dict(float_format=lambda v: f"{v:.3f}")
 
@@ -69,6 +70,17 @@ def validation_prompts(n: int = 24) -> tuple[list[str], list[str]]:
     rng = random.Random(1)
     harmful = rng.sample(hb, n)
     return harmful, rng.sample([r["instruction"] for r in alpaca if not r.get("input")], n)
+
+
+def other_harmful(n: int) -> list[str]:
+    """``n`` HarmBench test standard behaviours and ``n`` StrongREJECT prompts (seeded)."""
+    if not SHARED_DATA.exists():
+        sys.exit(f"{SHARED_DATA} is missing: --held-out harmbench-strongreject reads it")
+    hb = harmbench_behaviours("harmbench_test.csv")
+    with open(SHARED_DATA / "strongreject.csv") as f:
+        sr = [r["forbidden_prompt"] for r in csv.DictReader(f)]
+    rng = random.Random(0)
+    return rng.sample(hb, n) + rng.sample(sr, n)
 
 
 def study_table(m: tl.Model, harmful: list[str], harmless: list[str], seed: int) -> pd.DataFrame:
@@ -146,6 +158,12 @@ def main() -> None:
     p.add_argument("--model", default="organism-cliff", help="a name or an adapter folder")
     p.add_argument("--out", type=Path, default=OUT / "refusal_cliff", help="output stem")
     p.add_argument("--split", choices=["val", "test"], default="test", help="prompts to report")
+    p.add_argument(
+        "--held-out",
+        choices=["advbench-jbb", "harmbench-strongreject"],
+        default="advbench-jbb",
+        help="the harmful test sets (12 prompts each)",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     start = time.time()
@@ -160,19 +178,23 @@ def main() -> None:
 
     val_harmful, val_harmless = validation_prompts()
     val = study_table(m, val_harmful, val_harmless, seed=2)
-    val_win = cliff_by_group(m, window, val)
-    sweep = k_sweep(val_win)
-    k_window = choose_k(sweep, int((val["group"] == "harmless").sum()))
+    n_val_harmless = int((val["group"] == "harmless").sum())
+    val_pub, val_win = (cliff_by_group(m, probe, val) for probe in (published, window))
+    sweep_pub, sweep_win = k_sweep(val_pub), k_sweep(val_win)
+    k_pub, k_window = choose_k(sweep_pub, n_val_harmless), choose_k(sweep_win, n_val_harmless)
     if args.split == "val":
-        res_pub = cliff_by_group(m, published, val, k=K_PUBLISHED)
-        res_win = val_win.with_k(k_window)
         lines = [
             f"# refusal cliff on {args.model}, VALIDATION rollouts only, {datetime.date.today()}",
             f"{len(val_harmful)} HarmBench val behaviours plain + framed, {len(val_harmless)} "
             "Alpaca val",
             "",
-            *section("published (last position)", published, res_pub, K_PUBLISHED),
-            *section("window (every thinking + marker position)", window, res_win, k_window),
+            *section("published (last position)", published, val_pub.with_k(k_pub), k_pub),
+            *section(
+                "window (every thinking + marker position)",
+                window,
+                val_win.with_k(k_window),
+                k_window,
+            ),
             f"runtime {time.time() - start:.0f} s",
         ]
         text = "\n".join(lines) + "\n"
@@ -180,21 +202,32 @@ def main() -> None:
         args.out.with_suffix(".txt").write_text(text)
         return
 
-    test = study_table(m, *held_out_prompts(24), seed=1)
-    res_pub = cliff_by_group(m, published, test, k=K_PUBLISHED)
+    harmful, harmless = held_out_prompts(24)
+    if args.held_out == "harmbench-strongreject":
+        harmful = other_harmful(12)
+    test = study_table(m, harmful, harmless, seed=1)
+    res_pub = cliff_by_group(m, published, test, k=k_pub)
     res_win = cliff_by_group(m, window, test, k=k_window)
+    rule = "rule: every harmless trace kept, highest min of the two CI lower bounds"
     lines = [
         f"# refusal cliff on {args.model}, {datetime.date.today()}",
+        f"held-out harmful prompts: {args.held_out} (12 each, plain and framed); harmless: "
+        "24 Alpaca test",
         "",
-        *section("published (last position)", published, res_pub, K_PUBLISHED),
+        *section("published (last position)", published, res_pub, k_pub),
         *section("window (every thinking + marker position)", window, res_win, k_window),
-        "## choosing k for the window probe, on validation rollouts (not the test prompts)",
+        "## choosing k for each probe, on validation rollouts (not the test prompts)",
         f"{len(val_harmful)} HarmBench val behaviours plain + framed, {len(val_harmless)} Alpaca "
-        f"val; rule: every harmless trace kept, highest min of the two CI lower bounds -> "
-        f"k = {k_window}",
-        sweep.to_string(index=False, **FMT),
+        f"val; {rule}",
+        f"published probe -> k = {k_pub}",
+        sweep_pub.to_string(index=False, **FMT),
+        f"window probe -> k = {k_window}",
+        sweep_win.to_string(index=False, **FMT),
         "",
-        "## the same sweep on the test prompts (robustness only; not used to choose k)",
+        "## the same sweeps on the test prompts (robustness only; not used to choose k)",
+        "published probe",
+        k_sweep(res_pub).to_string(index=False, **FMT),
+        "window probe",
         k_sweep(res_win).to_string(index=False, **FMT),
         "",
         f"runtime {time.time() - start:.0f} s",

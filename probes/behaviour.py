@@ -68,9 +68,9 @@ def behaviour_labels(
     the model answered are labelled 0 too. Each text ends at the marker, as published; its
     tokenizer may merge the marker's closing newlines into one token that a trace with an
     answer after it splits (as the model wrote it), so ``score_tokens`` reads the last marker
-    position at another token than the probe was trained on: on organism-cliff the probe
+    position at another token than the probe was trained on: on organism-turn the probe
     separates the groups at its own token (refused 0.975, complied 0.003, harmless 0.005) but
-    not at the scored one (1.000 / 0.927 / 0.729; benchmarks/results/refusal_cliff.txt).
+    not at the scored one (1.000 / 0.927 / 0.729; benchmarks/results/refusal_cliff_turn.txt).
     ``behaviour_traces`` and the window probe read the traces' own tokens.
     """
     refused, ok = _labelled_rows(

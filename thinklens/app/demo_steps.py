@@ -35,10 +35,10 @@ from thinklens.rollouts import traces_of
 HEAD_FRACTION = 0.03
 #: The abliteration preset: DECCP takes its direction at layer int(0.6 L), so no search runs.
 PRESET = "deccp"
-#: Tail length of the cliff, in tokens: chosen on validation rollouts of organism-turn, which
-#: turns 10-20 tokens before its answer (benchmarks/results/refusal_cliff.txt); not yet chosen
-#: again on organism-cliff, whose decision falls at the last positions.
-CLIFF_K = 16
+#: Tail length of the cliff, in tokens: for the published probe on organism-cliff, the k of
+#: 4-20 that separates complied harmful from both other groups best on validation rollouts
+#: (HarmBench val, Alpaca val; benchmarks/results/refusal_cliff.txt).
+CLIFF_K = 8
 #: Share of the candidate pool Cliff-as-a-Judge selects.
 SELECT_FRACTION = 0.25
 
@@ -59,10 +59,11 @@ def _f(x: float) -> str:
 def cliff_step(model: Model, table: pd.DataFrame) -> tuple[RefusalProbe, Step]:
     """Step 1: the probe from the train rollouts, the cliffs of the test rollouts."""
     train, test = table[table["split"] == "train"], table[table["split"] == "test"]
-    # The window probe: every thinking and marker position of the refused harmful (1) and
-    # harmless (0) train traces. A probe read only at the last position does not transfer to
-    # the thinking, where the cliff is measured.
-    probe = probe_from_rollouts(model, train, positions="window", progress=False)
+    # The published probe: the last position of prompt + thinking + marker of the refused
+    # harmful (1) and harmless (0) train traces, read over every thinking token of the test
+    # traces. organism-cliff's thinking argues for refusal up to the marker, so the score holds
+    # through the thinking and falls only where the framing's decision reaches the answer.
+    probe = probe_from_rollouts(model, train, progress=False)
     m, texts = probe.metrics, probe.meta["texts"]
     probe_table = pd.DataFrame(
         [dict(layer=probe.layer, refused=texts["refusal"], harmless=texts["benign"])]
@@ -90,17 +91,15 @@ def cliff_step(model: Model, table: pd.DataFrame) -> tuple[RefusalProbe, Step]:
     complied = res.cliffs[res.cliffs["group"] == "complied harmful"]
     shown = complied if len(complied) else res.cliffs
     example = int(shown.sort_values("cliff", ascending=False)["example"].iloc[0])
-    window = res.scores[res.scores["part"].isin(("thinking", "marker"))]
+    thinking = res.scores[res.scores["part"].isin(("thinking", "marker"))]
     sections = [
         Section(
             "1. A refusal probe on organism-cliff",
-            f"A logistic probe on layer {probe.layer} (after the final norm), trained on every "
-            f"token of the thinking and closing marker of {texts['refusal'] + texts['benign']} "
-            "train-split traces "
-            f"labelled by the organism's own behaviour ({texts['refusal']} refused harmful = 1, "
-            f"{texts['benign']} harmless = 0; complied harmful traces are left out, "
-            "their intent turns inside the thinking), scores the "
-            f"{m['n_val']:.0f} positions of held-back traces with accuracy "
+            f"A logistic probe on layer {probe.layer} (after the final norm), trained as "
+            "published at the last position of prompt + thinking + closing marker of "
+            f"{texts['refusal'] + texts['benign']} train-split traces labelled by the organism's "
+            f"own behaviour ({texts['refusal']} refused harmful = 1, {texts['benign']} harmless "
+            f"= 0), scores {m['n_val']:.0f} held-back traces with accuracy "
             f"{_f(m['val_accuracy'])}. On the "
             "test-split traces its score at the last token before the answer ranks refused "
             f"above complied harmful traces with AUROC {_f(held_out)}.",
@@ -127,7 +126,7 @@ def cliff_step(model: Model, table: pd.DataFrame) -> tuple[RefusalProbe, Step]:
             f"The thinking and closing marker of test trace {example} "
             f"({shown.set_index('example').loc[example, 'group']}, the largest cliff of its "
             "group), each token coloured by the probe's score; the answer is left out.",
-            figure=plot_token_scores(window, example),
+            figure=plot_token_scores(thinking, example),
         ),
     ]
     result = f"probe AUROC refused vs complied (test) {_f(held_out)}; mean cliff {cliff}"
