@@ -212,7 +212,9 @@ def main() -> None:
     lines = [
         f"# refusal cliff on {args.model}, {datetime.date.today()}",
         f"held-out harmful prompts: {args.held_out} (12 each, plain and framed); harmless: "
-        "24 Alpaca test",
+        "24 Alpaca test"
+        if SHARED_DATA.exists()
+        else "held-out prompts: the bundled test split (24 harmful, plain and framed; 24 harmless)",
         "",
         *section("published (last position)", published, res_pub, k_pub),
         *section("window (every thinking + marker position)", window, res_win, k_window),
