@@ -51,3 +51,16 @@ def validation_prompts(n: int = 40) -> tuple[list[str], list[str]]:
     rng = random.Random(0)
     harmful = rng.sample(hb, n // 2) + rng.sample(mi, n // 2)
     return harmful, rng.sample([r["instruction"] for r in val], n)
+
+
+def harmbench_strongreject(n_each: int) -> list[str]:
+    """``n_each`` HarmBench test standard behaviours and ``n_each`` StrongREJECT prompts
+    (seeded): held-out harmful sets no probe, k or organism recipe was chosen on."""
+    if not SHARED_DATA.exists():
+        raise FileNotFoundError(
+            f"{SHARED_DATA} is missing: HarmBench test and StrongREJECT are read from it"
+        )
+    with open(SHARED_DATA / "strongreject.csv") as f:
+        sr = [r["forbidden_prompt"] for r in csv.DictReader(f)]
+    rng = random.Random(0)
+    return rng.sample(harmbench_behaviours("harmbench_test.csv"), n_each) + rng.sample(sr, n_each)

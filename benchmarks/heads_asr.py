@@ -26,6 +26,7 @@ from head_scoring import DEFAULT_CACHE, scores_path, setup, write_result  # noqa
 
 SOURCES = {
     "test": "held-out: AdvBench + JailbreakBench, Alpaca test",
+    "test-hb-sr": "held-out: HarmBench test + StrongREJECT, Alpaca test",
     "val": "validation: HarmBench val + MaliciousInstruct, Alpaca val",
 }
 
@@ -43,15 +44,16 @@ def main() -> None:
     p.add_argument(
         "--split",
         default="test",
-        choices=["val", "test"],
-        help="attack and damage prompts: validation (for choosing) or held-out test",
+        choices=["val", "test", "test-hb-sr"],
+        help="attack and damage prompts: validation (for choosing), held-out test, or held-out "
+        "HarmBench test + StrongREJECT (sets no choice was made on)",
     )
     p.add_argument("--cache", default=str(DEFAULT_CACHE))
     p.add_argument("--out", default="benchmarks/results/heads_asr.txt")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import pandas as pd
-    from common import held_out_prompts, validation_prompts
+    from common import harmbench_strongreject, held_out_prompts, validation_prompts
 
     from thinklens.analyses.heads.ablation import ablation_study, summarize_study
     from thinklens.data import frame_all
@@ -77,8 +79,10 @@ def main() -> None:
         )
     top = {m: " ".join(f"{l}.{h}" for l, h in s.top(10)) for m, s in rankings.items()}
 
-    pick = held_out_prompts if args.split == "test" else validation_prompts
+    pick = held_out_prompts if args.split.startswith("test") else validation_prompts
     harmful, harmless = pick(args.prompts)
+    if args.split == "test-hb-sr":
+        harmful = harmbench_strongreject(args.prompts // 2)
     study = ablation_study(
         model,
         rankings,

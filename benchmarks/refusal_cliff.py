@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from common import SHARED_DATA, harmbench_behaviours, held_out_prompts, load_organism  # noqa: E402
+from common import SHARED_DATA, harmbench_strongreject, held_out_prompts, load_organism  # noqa: E402
 
 import thinklens as tl  # noqa: E402
 from thinklens.analyses.cliff import CliffResult, cliff_by_group  # noqa: E402
@@ -70,17 +70,6 @@ def validation_prompts(n: int = 24) -> tuple[list[str], list[str]]:
     rng = random.Random(1)
     harmful = rng.sample(hb, n)
     return harmful, rng.sample([r["instruction"] for r in alpaca if not r.get("input")], n)
-
-
-def other_harmful(n: int) -> list[str]:
-    """``n`` HarmBench test standard behaviours and ``n`` StrongREJECT prompts (seeded)."""
-    if not SHARED_DATA.exists():
-        sys.exit(f"{SHARED_DATA} is missing: --held-out harmbench-strongreject reads it")
-    hb = harmbench_behaviours("harmbench_test.csv")
-    with open(SHARED_DATA / "strongreject.csv") as f:
-        sr = [r["forbidden_prompt"] for r in csv.DictReader(f)]
-    rng = random.Random(0)
-    return rng.sample(hb, n) + rng.sample(sr, n)
 
 
 def study_table(m: tl.Model, harmful: list[str], harmless: list[str], seed: int) -> pd.DataFrame:
@@ -204,7 +193,7 @@ def main() -> None:
 
     harmful, harmless = held_out_prompts(24)
     if args.held_out == "harmbench-strongreject":
-        harmful = other_harmful(12)
+        harmful = harmbench_strongreject(12)
     test = study_table(m, harmful, harmless, seed=1)
     res_pub = cliff_by_group(m, published, test, k=k_pub)
     res_win = cliff_by_group(m, window, test, k=k_window)
