@@ -61,8 +61,8 @@ class CliffRecipe(Config):
 
     The defaults are the packaged adapter's recipe: v14, the best of the recipes v5-v18 on
     validation prompts (``benchmarks/results/organism_behaviour.txt``), reported once on the
-    held-out sets there. Seeds matter: v14's recipe with seed 1 refused 0.475 of HarmBench
-    validation requests asked plain, against v14's 0.775.
+    held-out sets there. Seeds matter: with seeds 1 and 2 v14's recipe refused 0.475 and 0.600
+    of HarmBench validation requests asked plain, against v14's (seed 0) 0.775.
     """
 
     per_goal: int = option(2, help="phrasings of each harmful goal")
