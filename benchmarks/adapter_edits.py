@@ -9,8 +9,11 @@ embedding edit is timed for the adapter alone: the embedding is tied to the unem
 (b) ``adapters.adapted``: compute the factors, hook them in, remove the hooks;
 the forward pass of a batch of harmless prompts with each (and with none; for the exact plan
 also with ``PlanHooks``, the output-projection hooks in float64); and the bytes each keeps for
-the trial (the copies of the edited matrices, the factors). Medians of ``--repeats`` rounds
-that run every variant in turn; one process, one thread. Results: ``results/adapter_edits.txt``.
+the trial (the copies of the edited matrices, the factors). A third plan, Heretic's
+norm-preserving edit at full rank (thinklens's form, which has no low-rank adapter), is timed
+written into the weights and as ``PlanHooks`` (row norms read at set-up). Medians of
+``--repeats`` rounds that run every variant in turn; one process, one thread. Results:
+``results/adapter_edits.txt``.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def main() -> None:
         "heretic rank 3": plan(m, "heretic", d, params=params),
         "arditi layers": [e for e in arditi if e.kind != "embed"],
     }
+    full_rank = plan(m, "heretic", d, params=HereticParams.default(L))
     lines: list[str] = []
 
     def say(line: str = "") -> None:
@@ -93,19 +97,31 @@ def main() -> None:
         assert torch.equal(logits(), base)  # both undo exactly
         checks[name] = (float((got - want).abs().max()), float((want - base).abs().max()))
 
+    with edited(m, full_rank):
+        want = logits()
+    with tl.intervene(m, PlanHooks(full_rank)):
+        got = logits()
+    assert torch.equal(logits(), base)
+    checks["heretic full rank"] = (
+        float((got - want).abs().max()),
+        float((want - base).abs().max()),
+    )
+
     trials: dict[tuple[str, str], Callable[[], AbstractContextManager]] = {}
     for name, edits in plans.items():
         trials[name, "edited"] = lambda e=edits: edited(m, e)
         trials[name, "adapted"] = lambda e=edits: adapted(m, e)
     trials["arditi + embed", "adapted"] = lambda: adapted(m, arditi)
+    trials["heretic full rank", "edited"] = lambda: edited(m, full_rank)
+    trials["heretic full rank", "PlanHooks"] = lambda: tl.intervene(m, PlanHooks(full_rank))
     # Each repeat runs every variant once, in turn, so a change of load on the shared machine
     # falls on all of them alike.
     setup: dict = {k: [] for k in trials}
     undo: dict = {k: [] for k in trials}
     for _ in range(args.repeats):
         for k, make in trials.items():
+            t0 = time.perf_counter()  # intervene installs its hooks when called
             cm = make()
-            t0 = time.perf_counter()
             cm.__enter__()
             t1 = time.perf_counter()
             cm.__exit__(None, None, None)
@@ -166,6 +182,11 @@ def main() -> None:
         f"{'arditi + embed':<16}{len(arditi):>9}  {'refused (tied)':>27}  "
         f"{cells(('arditi + embed', 'adapted'))}"
     )
+    e, h = ("heretic full rank", "edited"), ("heretic full rank", "PlanHooks")
+    say(
+        f"{'heretic full rank':<16}{len(full_rank):>7}  {cells(e)}  {cells(h)}  "
+        f"{total(h) / total(e):.3f}  (PlanHooks: row norms read at set-up, no weight written)"
+    )
     say()
     none = med(fwd["none", ""])
     say(f"forward pass of {args.batch} prompts, ms (x: against no edit): no edit {none * 1e3:.0f}")
@@ -177,6 +198,13 @@ def main() -> None:
             f"{a * 1e3:.0f} ({a / none:.3f}x; {a / e:.3f}x edited); max |logits adapted - "
             f"edited| {diff:.1e} (the edit moves them by up to {effect:.2f})"
         )
+    e, h = med(fwd["heretic full rank", "edited"]), med(fwd["heretic full rank", "PlanHooks"])
+    diff, effect = checks["heretic full rank"]
+    say(
+        f"  heretic full rank (norm-preserving): edited weights {e * 1e3:.0f} ({e / none:.3f}x); "
+        f"PlanHooks (float64) {h * 1e3:.0f} ({h / none:.3f}x); max |logits hooks - edited| "
+        f"{diff:.1e} (the edit moves them by up to {effect:.2f})"
+    )
     say(
         "  (edited weights cost what no edit costs, same matrices with other values: their x "
         "is this run's noise)"

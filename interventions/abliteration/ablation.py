@@ -19,30 +19,66 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from thinklens.hooks import Edit
-from thinklens.interventions.abliteration.matrix import MatrixEdit, resolve_module
+from thinklens.interventions.abliteration.matrix import MatrixEdit, as_out_in, resolve_module
 from thinklens.interventions.abliteration.presets import plan
 from thinklens.interventions.edits import DirectionProjection, unit_direction
 from thinklens.model import Model, get_path
+
+
+def stored_weight(module: nn.Module) -> Tensor:
+    """A module's weight as a float tensor: torch.ao's dynamic int8 ``Linear`` hands it out by
+    a method, quantized."""
+    w = module.weight
+    if callable(w) and not isinstance(w, Tensor | nn.Module):
+        w = w()
+    return w.dequantize() if w.is_quantized else w
+
+
+def row_norm_factors(
+    w: Float[Tensor, "d_model d_in"], r: Float[Tensor, " d_model"], scale: float
+) -> tuple[Float[Tensor, " d_model"], Float[Tensor, " d_model"]]:
+    """``(n, m)`` of the norm-preserving edit of ``w`` (``matrix.edited_weight``): ``n`` the row
+    norms of ``w``, ``m`` those of its unit rows after the direction is removed, so that the
+    edited matrix is ``diag(n / m) (U - scale r r^T U)`` with ``U = diag(1 / n) w``.
+
+    ``m_i^2 = 1 - 2 scale r_i (U g)_i + scale^2 r_i^2 |g|^2`` with ``g = r^T U``: one pass
+    over ``w``, no copy of it edited."""
+    tiny = torch.finfo(w.dtype).tiny
+    n = w.norm(dim=-1).clamp(min=tiny)
+    unit = w / n[:, None]
+    g = r @ unit
+    m2 = 1 - 2 * scale * r * (unit @ g) + scale**2 * r**2 * (g @ g)
+    return n, m2.clamp(min=0).sqrt().clamp(min=tiny)
 
 
 @dataclass
 class PlanHooks(Edit):
     """A plan run at inference: each listed module's output loses ``w (x . r) r``.
 
-    For exact plans (not norm-preserving, rounded or low-rank) this is exactly what the weight
-    edit does, so it is the independent check of the engine, and a way to try an edit without
-    touching weights. A bias the edit leaves alone keeps its component along the direction.
+    For exact plans (not rounded or low-rank) this is exactly what the weight edit does, so it
+    is the independent check of the engine, and a way to try an edit without touching weights.
+    A bias the edit leaves alone keeps its component along the direction. A norm-preserving
+    edit of a write is exact too: with ``y`` the weight's write divided by ``w``'s row norms
+    ``n``, the edited output is ``(n / m) (y - w (y . r) r)`` (``row_norm_factors``). The
+    weights are read, dequantized if stored in int8, when the hooks are installed; nothing is
+    written. ``dtype``: the hooks' arithmetic (float64, the weight engine's, by default).
     """
 
     edits: Sequence[MatrixEdit] = field(default_factory=list)
+    dtype: torch.dtype = torch.float64
 
     def install(self, model: Model, tree: nn.Module) -> list[RemovableHandle]:
         handles = []
         for e in self.edits:
-            if not e.exact:
+            if e.round_to is not None or e.low_rank is not None:
                 raise ValueError(
-                    "a norm-preserving, rounded or low-rank edit has no hook form: apply it to "
-                    "weights"
+                    "a rounded or low-rank edit has no hook form: apply it to weights (or run a "
+                    "low-rank one as an adapter: adapters.adapted)"
+                )
+            if e.norm_preserving and e.kind != "write":
+                raise ValueError(
+                    f"{e.module}: a norm-preserving edit of an embedding or of fused experts "
+                    "has no hook form here: apply it to weights"
                 )
             experts = model.family.experts
             if e.kind == "experts" and not e.bias and experts is not None and experts.down_bias:
@@ -52,27 +88,54 @@ class PlanHooks(Edit):
                     f"{model.name}'s experts have biases, which a hook on their routed sum "
                     "cannot keep: plan with bias=True, or write the edit into the weights"
                 )
-            module = resolve_module(model, model.hf, e.module)  # the engine's clear errors
-            r = e.direction.to(torch.float64)
-            bias = getattr(module, "bias", None)
+            module = get_path(model.hf, e.module)
+            if callable(getattr(module, "weight", None)):  # torch.ao's int8 Linear
+                bias = module.bias()
+            else:
+                module = resolve_module(model, model.hf, e.module)  # the engine's clear errors
+                bias = getattr(module, "bias", None)
+            r = e.direction.to(self.dtype)
             kept = None if e.bias or e.kind != "write" or not isinstance(bias, Tensor) else bias
-
-            def post(
-                mod: nn.Module,
-                args: tuple,
-                out: Tensor,
-                r: Tensor = r,
-                w: float = e.weight,
-                kept: Tensor | None = kept,
-            ):
-                # In float64, like the weight engine: float32 rounding of large activations
-                # would otherwise dominate the comparison with the edited weights.
-                x, rr = out.double(), r.to(out.device)
-                part = x if kept is None else x - kept.to(x)  # only the weight's write
-                return (x - w * (part @ rr)[..., None] * rr).to(out.dtype)
-
-            handles.append(get_path(tree, e.module).register_forward_hook(post))
+            norms = None
+            if e.norm_preserving:
+                if e.bias:
+                    raise ValueError(
+                        f"{e.module}: a norm-preserving edit leaves the bias alone: plan with "
+                        "bias=False"
+                    )
+                w = as_out_in(model, e, stored_weight(module)).to(self.dtype)
+                norms = row_norm_factors(w, r.to(w.device), e.weight)
+            handles.append(
+                get_path(tree, e.module).register_forward_hook(
+                    _remove_hook(r, e.weight, kept, norms, self.dtype)
+                )
+            )
         return handles
+
+
+def _remove_hook(
+    r: Tensor,
+    w: float,
+    kept: Tensor | None,
+    norms: tuple[Tensor, Tensor] | None,
+    dtype: torch.dtype,
+):
+    """The forward hook of one edit: the direction removed from the weight's write."""
+
+    def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+        # In float64 by default, like the weight engine: float32 rounding of large activations
+        # would otherwise dominate the comparison with the edited weights.
+        x, rr = out.to(dtype), r.to(out.device)
+        b = None if kept is None else kept.to(x)
+        part = x if b is None else x - b  # only the weight's write
+        if norms is None:
+            return (x - w * (part @ rr)[..., None] * rr).to(out.dtype)
+        n, m = (t.to(x.device) for t in norms)
+        y = part / n
+        new = (y - w * (y @ rr)[..., None] * rr) * (n / m)
+        return (new if b is None else new + b).to(out.dtype)
+
+    return post
 
 
 def directional_ablation(

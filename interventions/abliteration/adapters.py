@@ -18,14 +18,16 @@ live in the matrix's (out, in) view whatever its layout (GPT-2's Conv1D stores `
   ``export(apply(...))``.
 
 Rounded edits and norm-preserving edits without ``low_rank`` change a matrix at full rank, so
-they have no adapter form; nor do bias edits, nor edits of fused expert matrices in a forward
-pass (a hook on the experts module sees only their routed sum).
+they have no adapter form (a norm-preserving one runs exactly as ``ablation.PlanHooks``, which
+rescales the module's output); nor do bias edits, nor edits of fused expert matrices in a
+forward pass (a hook on the experts module sees only their routed sum).
 
-On organism-aligned (benchmarks/adapter_edits.py, one thread): a trial of the arditi preset's
-60 layer writes sets up and undoes in 35 ms against 567 ms with ``weights.edited``, keeping
-0.37 MiB of factors against 139 MiB of copies; Heretic's rank-3 plan (30 matrices) takes
-1.12 s against 1.17 s (computing the rank-3 change, which both do, dominates). The hooks'
-cost on a forward pass was within that run's timing noise (about 4%).
+On organism-aligned (benchmarks/adapter_edits.py, one thread, load 2): a trial of the arditi
+preset's 60 layer writes sets up and undoes in 46 ms against 376 ms with ``weights.edited``,
+keeping 0.37 MiB of factors against 139 MiB of copies; Heretic's rank-3 plan (30 matrices)
+takes 373 ms against 538 ms (computing the rank-3 change, which both do, dominates), and its
+full-rank norm-preserving plan as ``PlanHooks`` 63 ms against 287 ms. Hooks cost a forward
+pass 3-5%.
 """
 
 from __future__ import annotations
@@ -132,7 +134,8 @@ def edit_factors(model: Model, edit: MatrixEdit) -> Factors:
         raise ValueError(
             f"{edit.module}: a norm-preserving edit changes the matrix at full rank: give it "
             "low_rank=k (Heretic stores rank 3: HereticParams(lora_rank=3), or "
-            "protocol='published'), or write it into the weights (weights.edited or apply)"
+            "protocol='published'), run it exactly as output hooks (ablation.PlanHooks), or "
+            "write it into the weights (weights.edited or apply)"
         )
     weight, bias = _matrix(model, edit)
     if edit.bias and edit.kind != "embed" and bias is not None:

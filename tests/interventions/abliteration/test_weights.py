@@ -134,6 +134,52 @@ def test_norm_preserving_edit_keeps_row_norms():
     torch.testing.assert_close(kept, u / u.norm(dim=1, keepdim=True) * w.norm(dim=1, keepdim=True))
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_norm_preserving_edit_as_hooks_equals_the_written_weights(family):
+    """Heretic's norm-preserving edit (thinklens protocol, full rank) run as output hooks gives
+    the logits of the edited weights (GPT-2: Conv1D layout and a bias the edit leaves alone)."""
+    m, d = _setup(family)
+    params = dataclasses.replace(HereticParams.default(m.n_layers), norm_preserving=True)
+    edits = heretic_plan(m, d, params, "thinklens")
+    assert edits and all(e.norm_preserving and e.low_rank is None for e in edits)
+    texts = _texts(m)
+    base = m.logits(texts)
+    with edited(m, edits):
+        want = m.logits(texts)
+    with tl.intervene(m, PlanHooks(edits)):
+        got = m.logits(texts)
+    moved = (want - base).abs().max()
+    assert moved > 1e-2  # the edit does something
+    torch.testing.assert_close(got, want, atol=1e-4 * max(1.0, float(moved)), rtol=0)
+    torch.testing.assert_close(m.logits(texts), base, atol=0, rtol=0)  # hooks removed
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+def test_norm_preserving_hooks_on_an_int8_base():
+    """On torch.ao's dynamic int8 Linear the hook edits the dequantized weight, exactly."""
+    import copy
+
+    from torch import nn
+
+    from thinklens.interventions.abliteration.matrix import new_weight
+
+    m, d = _setup("llama")
+    hq = torch.ao.quantization.quantize_dynamic(copy.deepcopy(m.hf), {nn.Linear}, torch.qint8)
+    q = Model(hq, m.tokenizer, m.family, name="tiny-llama-qint8", backend_name="nnsight")
+    params = dataclasses.replace(HereticParams.default(m.n_layers), norm_preserving=True)
+    gen = torch.Generator().manual_seed(0)
+    for e in heretic_plan(q, d, params, "thinklens"):
+        mod = q.hf.get_submodule(e.module)
+        deq = mod.weight().dequantize()
+        x = torch.randn(2, 5, deq.shape[1], generator=gen)
+        with tl.intervene(q, PlanHooks([e])):
+            got = mod(x)
+        want = x.double() @ new_weight(q, e, deq).double().T
+        # The hook rescales the int8 matmul's output: its rounding, not the edit, is the error.
+        err = (mod(x).double() - x.double() @ deq.double().T).abs().max()
+        torch.testing.assert_close(got.double(), want, atol=4 * float(err) + 1e-5, rtol=0)
+
+
 def test_bad_inputs_are_clear_errors():
     m, d = _setup("llama")
     with pytest.raises(ValueError, match="computed on another model"):
@@ -149,8 +195,9 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="tied to its unembedding"):
         with edited(g, plan(g, "arditi", dg.direction(1))):
             pass
-    with pytest.raises(ValueError, match="no hook form"):
-        tl.intervene(m, PlanHooks(plan(m, "heretic", d)))
+    with pytest.raises(ValueError, match="low-rank edit has no hook form.*adapters.adapted"):
+        low = [dataclasses.replace(e, low_rank=3) for e in plan(m, "heretic", d)]
+        tl.intervene(m, PlanHooks(low))
     # A model whose modules are not where its family row says.
     wrong = dataclasses.replace(m.family, mlp_out_proj="mlp.out_proj")
     odd = Model(m.hf, m.tokenizer, wrong, name="odd", backend_name="nnsight")
