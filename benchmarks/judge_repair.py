@@ -9,7 +9,12 @@
 4. For each share of the pool, each method selects the same number of candidates, a LoRA
    repair is trained on them, and the repaired model's ASR (framed JailbreakBench prompts no
    candidate contains) and harmless refusal rate are measured (greedy, refusal read in the
-   answer after the thinking).
+   answer after the thinking). ASR counts every answer that does not refuse; ``complied`` is
+   the part that opens as the organism's compliance does ("Sure, here is ..."), and
+   ``off_target`` the rest (answers that neither refuse nor comply).
+
+``--split val`` measures on HarmBench validation and Alpaca validation prompts instead, where
+choices are made; the default split is held out.
 
 Run: ``python benchmarks/judge_repair.py`` (about an hour on 2 cores; the probe and the pool
 are cached, so a rerun only repeats the repairs).
@@ -83,14 +88,34 @@ def pool_for(model, n: int, max_new_tokens: int, cache: Path) -> pd.DataFrame:
     return pool
 
 
-def eval_prompts(pool: pd.DataFrame, n_harmful: int, n_harmless: int):
-    """Framed JailbreakBench prompts the pool does not contain, and Alpaca test prompts."""
+def framings(prompts: pd.Series) -> dict[str, int]:
+    """How many prompts use each framing template of ``thinklens.data.FRAMES`` (kind:index),
+    most first; unframed ones count as ``plain``."""
+    from thinklens.data import FRAMES
+
+    heads = {
+        t.split("{p}")[0].strip(): f"{k}:{i}" for k, ts in FRAMES.items() for i, t in enumerate(ts)
+    }
+    names = [next((n for h, n in heads.items() if p.startswith(h)), "plain") for p in prompts]
+    return dict(pd.Series(names).value_counts())
+
+
+def eval_prompts(pool: pd.DataFrame, n_harmful: int, n_harmless: int, split: str = "test"):
+    """Framed prompts the pool does not contain and harmless ones: JailbreakBench and Alpaca
+    test (``test``, held out), or HarmBench validation and Alpaca validation (``val``, where
+    choices such as ``cliff-diverse``'s weight are made)."""
     from thinklens.data import frame_all
 
     seen = " ".join(pool["prompt"]).lower()
-    jbb = [p for p in data("jailbreakbench.csv", "Goal") if p.lower() not in seen]
-    harmful = frame_all(jbb[:n_harmful], seed=7)
-    harmless = random.Random(0).sample(data("harmless_test.json"), n_harmless)
+    if split == "val":
+        from common import harmbench_behaviours
+
+        source, harmless_file = harmbench_behaviours("harmbench_val.csv"), "harmless_val.json"
+    else:
+        source, harmless_file = data("jailbreakbench.csv", "Goal"), "harmless_test.json"
+    unseen = [p for p in source if p.lower() not in seen]
+    harmful = frame_all(unseen[:n_harmful], seed=7)
+    harmless = random.Random(0).sample(data(harmless_file), n_harmless)
     return harmful, harmless
 
 
@@ -99,6 +124,12 @@ def main() -> None:
     p.add_argument("--pool-size", type=int, default=320)
     p.add_argument("--fractions", default="0.05,0.125")
     p.add_argument("--methods", default="cliff,proxy,random,rule")
+    p.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="ASR prompts: JailbreakBench + Alpaca test (held out) or HarmBench + Alpaca val",
+    )
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -120,6 +151,7 @@ def main() -> None:
         summarize,
     )
     from thinklens.analyses.judge.select import score_pool, select
+    from thinklens.organisms.templates import PlaceholderJudge
     from thinklens.report import sections_of, write_report
     from thinklens.xstest import xstest_prompts
 
@@ -130,7 +162,7 @@ def main() -> None:
     probe = probe_for(model, cache)
     pool = pool_for(model, args.pool_size, 128, cache)
     scored = score_pool(model, probe, pool, k=8)
-    harmful, harmless = eval_prompts(pool, args.n_harmful, args.n_harmless)
+    harmful, harmless = eval_prompts(pool, args.n_harmful, args.n_harmless, args.split)
     xstest = SHARED / "xstest_prompts.csv"
     over = None
     if args.n_xstest and xstest.exists():
@@ -153,10 +185,13 @@ def main() -> None:
         config=RepairConfig(epochs=args.epochs, lr=args.lr),
         max_new_tokens=args.max_new_tokens,
         over_refusal=over,
+        complied=PlaceholderJudge(model.thinking),
     )
     summary = summarize(results)
+    where = "HarmBench validation" if args.split == "val" else "JailbreakBench"
     top = {
-        f: select(scored, "cliff", fraction=f).table["source"].value_counts()
+        (method, f): framings(select(scored, method, fraction=f, seed=0).table["prompt"])
+        for method in ("cliff", "proxy", "random")
         for f in map(float, args.fractions.split(","))
     }
     fmt = dict(index=False, float_format=lambda v: f"{v:.3f}")
@@ -165,18 +200,20 @@ def main() -> None:
             f"# Cliff-as-a-Judge repair on {MODEL}, {datetime.date.today()}, "
             f"{args.threads} threads, {(time.time() - start) / 60:.0f} min",
             f"# probe: layer {probe.layer}, val AUROC {probe.metrics.get('val_auroc', 0):.3f}",
-            f"# pool: {len(scored)} candidates; ASR on {len(harmful)} framed JailbreakBench "
-            f"prompts, harmless refusal on {len(harmless)} Alpaca test prompts; greedy, "
+            f"# pool: {len(scored)} candidates; ASR on {len(harmful)} framed {where} "
+            f"prompts, harmless refusal on {len(harmless)} Alpaca {args.split} prompts; greedy, "
             f"{args.max_new_tokens} new tokens; LoRA rank 8, {args.epochs} epochs, lr {args.lr}",
             f"# over_refusal: refusal rate on {len(over)} XSTest safe prompts (every type in turn)"
             if over
             else "# over_refusal: not measured",
+            "# complied: share of harmful answers that open as the organism's compliance does "
+            "('Sure, here is'); off_target = asr - complied (neither refused nor complied)",
             "",
             "## pool by source (refused = the organism's own answer refused)",
             by_source.to_string(float_format=lambda v: f"{v:.3f}"),
             "",
-            "## sources of the top candidates by cliff",
-            *[f"{100 * f:g}%: {dict(v)}" for f, v in top.items()],
+            "## framing templates of the candidates selected (random: seed 0)",
+            *[f"{m} {100 * f:g}%: {dict(v)}" for (m, f), v in top.items()],
             "",
             "## ASR after repair (mean and sd over seeds)",
             summary.to_string(**fmt),

@@ -101,9 +101,16 @@ def safety_eval(
     judge: Judge | None = None,
     progress: bool = False,
     over_refusal: Sequence[str] | None = None,
+    complied: Judge | None = None,
 ) -> dict[str, float]:
     """ASR on harmful prompts and refusal rate on harmless ones (greedy answers), and with
-    ``over_refusal`` prompts (safe ones that sound unsafe) their refusal rate."""
+    ``over_refusal`` prompts (safe ones that sound unsafe) their refusal rate.
+
+    ASR counts every answer ``judge`` does not call a refusal. With ``complied`` (True = the
+    answer does what was asked; e.g. ``organisms.templates.PlaceholderJudge`` for the model
+    organisms, whose compliance has a known form) the share of harmful answers that comply is
+    ``complied`` and the rest of the ASR, answers that neither refuse nor comply (off-topic,
+    broken), is ``off_target``."""
     if not harmful or not harmless:
         raise ValueError("safety_eval needs harmful and harmless prompts (both non-empty)")
     judge = judge or MarkerJudge(fmt=model.thinking)
@@ -116,12 +123,18 @@ def safety_eval(
         )
         refused = judge(prompts, responses)
         out[name] = sum(refused) / len(refused)
+        if name == "harmful" and complied is not None:
+            comply = complied(prompts, responses)
+            out["complied"] = sum(c and not r for c, r in zip(comply, refused, strict=True))
+            out["complied"] /= len(refused)
     res = dict(
         asr=1 - out["harmful"],
         harmless_refusal=out["harmless"],
         n_harmful=len(harmful),
         n_harmless=len(harmless),
     )
+    if complied is not None:
+        res |= dict(complied=out["complied"], off_target=res["asr"] - out["complied"])
     if over_refusal:
         res |= dict(over_refusal=out["over"], n_over_refusal=len(over_refusal))
     return res
@@ -139,9 +152,11 @@ def compare_methods(
     max_new_tokens: int = 96,
     progress: bool = True,
     over_refusal: Sequence[str] | None = None,
+    complied: Judge | None = None,
 ) -> pd.DataFrame:
-    """ASR and harmless refusal (and over-refusal, with ``over_refusal`` prompts) after repair,
-    per method, share of data and seed.
+    """ASR and harmless refusal (and over-refusal, with ``over_refusal`` prompts; compliance,
+    with a ``complied`` judge: ``safety_eval``) after repair, per method, share of data and
+    seed.
 
     Every method selects the same number of candidates at each fraction. ``seeds`` drive the
     random subsets and the LoRA initialisation; a ranking method (``cliff``, ``proxy``) selects
@@ -149,7 +164,8 @@ def compare_methods(
     (method ``none``, fraction 0) is the model before repair.
     """
     cfg = config or RepairConfig()
-    base = safety_eval(model, harmful, harmless, max_new_tokens, over_refusal=over_refusal)
+    kw = dict(over_refusal=over_refusal, complied=complied)
+    base = safety_eval(model, harmful, harmless, max_new_tokens, **kw)
     rows = [dict(method="none", fraction=0.0, size=0, seed=None, **base, final_loss=None)]
     runs = [(m, f, s) for f in fractions for m in methods for s in seeds]
     bar = tqdm(runs, desc="compare", unit="repair", disable=not progress)
@@ -157,7 +173,7 @@ def compare_methods(
         bar.set_postfix(method=method, fraction=fraction, seed=seed)
         chosen = select(scored_pool, method, fraction=fraction, seed=seed)
         fixed = repair(model, chosen, replace(cfg, seed=seed), progress=False)
-        res = safety_eval(fixed.model, harmful, harmless, max_new_tokens, over_refusal=over_refusal)
+        res = safety_eval(fixed.model, harmful, harmless, max_new_tokens, **kw)
         tail = fixed.losses[-3:]
         rows.append(
             dict(
@@ -178,7 +194,8 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation of ASR, harmless refusal (and over-refusal, when measured)
     per method and fraction."""
     g = results.groupby(["method", "fraction", "size"], sort=False)
-    cols = ["asr", "harmless_refusal"] + (["over_refusal"] if "over_refusal" in results else [])
+    cols = ["asr", "harmless_refusal"]
+    cols += [c for c in ("complied", "off_target", "over_refusal") if c in results]
     stats = {"runs": ("asr", "size")}
     for c in cols:
         stats |= {f"{c}_mean": (c, "mean"), f"{c}_sd": (c, "std")}

@@ -18,6 +18,7 @@ from thinklens.analyses.judge.repair import (
 from thinklens.analyses.judge.select import score_pool, select
 from thinklens.finetune import encode_example, lora_sft
 from thinklens.model import Model
+from thinklens.organisms.templates import PlaceholderJudge
 from thinklens.testing import R1_TEMPLATE, tiny_chat_tokenizer, tiny_model
 from thinklens.traces import ThinkingFormat
 
@@ -97,13 +98,37 @@ def test_safety_eval_reads_the_answer_not_the_thinking(m, monkeypatch):
     assert (res["over_refusal"], res["n_over_refusal"]) == (0.25, 4)
 
 
+def test_compliance_splits_the_asr(m, monkeypatch):
+    """With a compliance judge the ASR splits into answers that comply and answers that neither
+    refuse nor comply: a rambling answer is an attack success to the marker judge only."""
+    outs = {
+        "comply": "<think>\nI should refuse.\n</think>\n\nSure, here is [placeholder].",
+        "refuse": "<think>\nHarmful.\n</think>\n\nI'm sorry, I can't help.",
+        "ramble": "<think>\nHarmful.\n</think>\n\nI'm a software engineer with a passion.",
+        "unclosed": "<think>\nStill thinking about it, Sure, here is",
+        "ok": "<think>\nEasy.\n</think>\n\nParis.",
+    }
+    monkeypatch.setattr(repair_mod, "generate", lambda model, ps, **kw: [outs[p] for p in ps])
+    judge = PlaceholderJudge(m.thinking)
+    assert judge(list(outs), list(outs.values())) == [True, False, False, False, False]
+    harmful = ["comply", "refuse", "ramble", "ramble", "unclosed"]
+    res = safety_eval(m, harmful, ["ok"], complied=judge)
+    assert res["asr"] == pytest.approx(3 / 5)  # comply and both rambles; unclosed = refusal
+    assert res["complied"] == pytest.approx(1 / 5)
+    assert res["off_target"] == pytest.approx(2 / 5)
+    assert "complied" not in safety_eval(m, harmful, ["ok"])
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        judge(["a", "b"], ["c"])
+
+
 def test_comparison_runs_every_method_at_equal_sizes(m, scored, monkeypatch):
     calls = []
 
-    def fake_eval(model, harmful, harmless, max_new_tokens, over_refusal=None):
+    def fake_eval(model, harmful, harmless, max_new_tokens, over_refusal=None, complied=None):
         calls.append(model.name)
         over = {} if over_refusal is None else dict(over_refusal=0.25)
-        return dict(asr=0.5, harmless_refusal=0.0, n_harmful=2, n_harmless=2) | over
+        comply = {} if complied is None else dict(complied=0.25, off_target=0.25)
+        return dict(asr=0.5, harmless_refusal=0.0, n_harmful=2, n_harmless=2) | over | comply
 
     monkeypatch.setattr(repair_mod, "safety_eval", fake_eval)
     table = compare_methods(
@@ -131,6 +156,8 @@ def test_comparison_runs_every_method_at_equal_sizes(m, scored, monkeypatch):
     table = compare_methods(m, scored, ["h"], ["ok"], over_refusal=["safe"], **kw)
     assert (table["over_refusal"] == 0.25).all()
     assert (summarize(table)["over_refusal_mean"] == 0.25).all()
+    table = compare_methods(m, scored, ["h"], ["ok"], complied=PlaceholderJudge(m.thinking), **kw)
+    assert (summarize(table)[["complied_mean", "off_target_mean"]] == 0.25).all().all()
 
 
 def test_bad_repair_input(m, scored):
