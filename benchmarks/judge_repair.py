@@ -16,7 +16,7 @@
 ``--split val`` measures on HarmBench validation and Alpaca validation prompts instead, where
 choices are made; the default split is held out.
 
-Run: ``python benchmarks/judge_repair.py`` (about an hour on 2 cores; the probe and the pool
+Run: ``python benchmarks/judge_repair.py`` (37 minutes at 2 threads; the probe and the pool
 are cached, so a rerun only repeats the repairs).
 """
 
@@ -103,7 +103,7 @@ def framings(prompts: pd.Series) -> dict[str, int]:
 def eval_prompts(pool: pd.DataFrame, n_harmful: int, n_harmless: int, split: str = "test"):
     """Framed prompts the pool does not contain and harmless ones: JailbreakBench and Alpaca
     test (``test``, held out), or HarmBench validation and Alpaca validation (``val``, where
-    choices such as ``cliff-diverse``'s weight are made)."""
+    choices are made)."""
     from thinklens.data import frame_all
 
     seen = " ".join(pool["prompt"]).lower()

@@ -191,8 +191,8 @@ def compare_methods(
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation of ASR, harmless refusal (and over-refusal, when measured)
-    per method and fraction."""
+    """Mean and standard deviation of ASR, harmless refusal (and compliance, off-target answers
+    and over-refusal, when measured) per method and fraction."""
     g = results.groupby(["method", "fraction", "size"], sort=False)
     cols = ["asr", "harmless_refusal"]
     cols += [c for c in ("complied", "off_target", "over_refusal") if c in results]

@@ -61,11 +61,10 @@ class PlanHooks(Edit):
     edit of a write is exact too: with ``y`` the weight's write divided by ``w``'s row norms
     ``n``, the edited output is ``(n / m) (y - w (y . r) r)`` (``row_norm_factors``). The
     weights are read, dequantized if stored in int8, when the hooks are installed; nothing is
-    written. ``dtype``: the hooks' arithmetic (float64, the weight engine's, by default).
+    written.
     """
 
     edits: Sequence[MatrixEdit] = field(default_factory=list)
-    dtype: torch.dtype = torch.float64
 
     def install(self, model: Model, tree: nn.Module) -> list[RemovableHandle]:
         handles = []
@@ -94,7 +93,7 @@ class PlanHooks(Edit):
             else:
                 module = resolve_module(model, model.hf, e.module)  # the engine's clear errors
                 bias = getattr(module, "bias", None)
-            r = e.direction.to(self.dtype)
+            r = e.direction.to(torch.float64)
             kept = None if e.bias or e.kind != "write" or not isinstance(bias, Tensor) else bias
             norms = None
             if e.norm_preserving:
@@ -103,11 +102,11 @@ class PlanHooks(Edit):
                         f"{e.module}: a norm-preserving edit leaves the bias alone: plan with "
                         "bias=False"
                     )
-                w = as_out_in(model, e, stored_weight(module)).to(self.dtype)
+                w = as_out_in(model, e, stored_weight(module)).to(torch.float64)
                 norms = row_norm_factors(w, r.to(w.device), e.weight)
             handles.append(
                 get_path(tree, e.module).register_forward_hook(
-                    _remove_hook(r, e.weight, kept, norms, self.dtype)
+                    _remove_hook(r, e.weight, kept, norms)
                 )
             )
         return handles
@@ -118,14 +117,13 @@ def _remove_hook(
     w: float,
     kept: Tensor | None,
     norms: tuple[Tensor, Tensor] | None,
-    dtype: torch.dtype,
 ):
     """The forward hook of one edit: the direction removed from the weight's write."""
 
     def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-        # In float64 by default, like the weight engine: float32 rounding of large activations
-        # would otherwise dominate the comparison with the edited weights.
-        x, rr = out.to(dtype), r.to(out.device)
+        # In float64, like the weight engine: float32 rounding of large activations would
+        # otherwise dominate the comparison with the edited weights.
+        x, rr = out.double(), r.to(out.device)
         b = None if kept is None else kept.to(x)
         part = x if b is None else x - b  # only the weight's write
         if norms is None:
