@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 
+from thinklens.data import load_prompts
 from thinklens.testing import held_out_prompts as _from_folder
 
 #: The public data sets beside the project (``../shared/data``); absent on a user's machine.
@@ -60,7 +61,6 @@ def harmbench_strongreject(n_each: int) -> list[str]:
         raise FileNotFoundError(
             f"{SHARED_DATA} is missing: HarmBench test and StrongREJECT are read from it"
         )
-    with open(SHARED_DATA / "strongreject.csv") as f:
-        sr = [r["forbidden_prompt"] for r in csv.DictReader(f)]
+    sr = load_prompts(SHARED_DATA / "strongreject.csv", column="forbidden_prompt")
     rng = random.Random(0)
     return rng.sample(harmbench_behaviours("harmbench_test.csv"), n_each) + rng.sample(sr, n_each)

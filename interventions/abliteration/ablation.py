@@ -19,19 +19,15 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from thinklens.hooks import Edit
-from thinklens.interventions.abliteration.matrix import MatrixEdit, as_out_in, resolve_module
+from thinklens.interventions.abliteration.matrix import (
+    MatrixEdit,
+    as_out_in,
+    resolve_module,
+    stored,
+)
 from thinklens.interventions.abliteration.presets import plan
 from thinklens.interventions.edits import DirectionProjection, unit_direction
 from thinklens.model import Model, get_path
-
-
-def stored_weight(module: nn.Module) -> Tensor:
-    """A module's weight as a float tensor: torch.ao's dynamic int8 ``Linear`` hands it out by
-    a method, quantized."""
-    w = module.weight
-    if callable(w) and not isinstance(w, Tensor | nn.Module):
-        w = w()
-    return w.dequantize() if w.is_quantized else w
 
 
 def row_norm_factors(
@@ -88,11 +84,9 @@ class PlanHooks(Edit):
                     "cannot keep: plan with bias=True, or write the edit into the weights"
                 )
             module = get_path(model.hf, e.module)
-            if callable(getattr(module, "weight", None)):  # torch.ao's int8 Linear
-                bias = module.bias()
-            else:
+            if not callable(getattr(module, "weight", None)):  # not torch.ao's int8 Linear
                 module = resolve_module(model, model.hf, e.module)  # the engine's clear errors
-                bias = getattr(module, "bias", None)
+            bias = stored(getattr(module, "bias", None))
             r = e.direction.to(torch.float64)
             kept = None if e.bias or e.kind != "write" or not isinstance(bias, Tensor) else bias
             norms = None
@@ -102,7 +96,7 @@ class PlanHooks(Edit):
                         f"{e.module}: a norm-preserving edit leaves the bias alone: plan with "
                         "bias=False"
                     )
-                w = as_out_in(model, e, stored_weight(module)).to(torch.float64)
+                w = as_out_in(model, e, stored(module.weight)).to(torch.float64)
                 norms = row_norm_factors(w, r.to(w.device), e.weight)
             handles.append(
                 get_path(tree, e.module).register_forward_hook(

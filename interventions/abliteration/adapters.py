@@ -57,6 +57,7 @@ from thinklens.interventions.abliteration.matrix import (
     exact_weight,
     low_rank_factors,
     resolve_module,
+    stored,
     stream_axis,
 )
 from thinklens.model import Model, get_path
@@ -87,21 +88,12 @@ class Factors:
         return Factors(self.module, self.kind, self.b.to(dtype), self.a.to(dtype))
 
 
-def _stored(value: Any) -> Tensor | None:
-    """A weight or bias as a tensor: torch.ao's quantized ``Linear`` hands them out by method."""
-    if callable(value) and not isinstance(value, Tensor | nn.Module):
-        value = value()
-    if isinstance(value, Tensor):
-        return value.dequantize() if value.is_quantized else value
-    return None
-
-
 def _matrix(model: Model, edit: MatrixEdit) -> tuple[Tensor, Tensor | None]:
     """The matrix an edit changes (dequantized where stored quantized) and its bias."""
     module = find(model.hf, edit.module)
     packed = getattr(module, "weight", None)
     if callable(packed) and not isinstance(packed, Tensor | nn.Module):
-        return _stored(packed), _stored(getattr(module, "bias", None))
+        return stored(packed), stored(getattr(module, "bias", None))
     module = resolve_module(model, model.hf, edit.module)  # the engine's clear errors
     return edit_tensors(model, module, edit)
 

@@ -57,6 +57,16 @@ class MatrixEdit:
         return not self.norm_preserving and self.round_to is None and self.low_rank is None
 
 
+def stored(value: object) -> Tensor | None:
+    """A weight or bias as a float tensor (None if absent): torch.ao's dynamic int8 ``Linear``
+    hands them out by method, quantized."""
+    if callable(value) and not isinstance(value, Tensor | nn.Module):
+        value = value()
+    if isinstance(value, Tensor):
+        return value.dequantize() if value.is_quantized else value
+    return None
+
+
 def resolve_module(model: Model, root: nn.Module, path: str) -> nn.Module:
     """The module at a family-table path that owns a dense weight or fused expert matrices,
     or a clear error."""
