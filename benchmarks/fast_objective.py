@@ -12,6 +12,11 @@ its refusal objective; inside every trial, on the same edit, each cheaper object
   draft in one forward pass under the edit and generation resumed from the first difference;
 - ``short@K``: the first K tokens of the thinking generated under the edit, closed with the
   marker if still open, then ``max(--n)`` answer tokens generated and judged.
+- ``batched@N``: early_stop@N with ``--parallel`` trials counted in one batch
+  (``RefusalCounter.verdicts_many``, what ``search(..., parallel_trials=K)`` does): after the
+  search, its trials' edits are counted again K at a time, and a trial's seconds are its
+  batch's over K. ``full-batched``, the same for full generation, says how much of the gain is
+  the batching alone.
 
 For each: per-prompt agreement with full generation (refused / not, pooled over trials), the
 Spearman correlation of the trials' refusal ratios, and wall seconds per trial (ratios against
@@ -42,7 +47,7 @@ from abliteration import SHARED, header, save  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CANDIDATE_N = (8, 16, 32)
-OBJECTIVES = ("answer", "probe", "first_token", "early_stop", "draft", "short_thinking")
+OBJECTIVES = "answer probe first_token early_stop draft short_thinking batched".split()
 CANDIDATE_K = (8, 12, 16, 24)
 
 
@@ -126,7 +131,7 @@ def one_run(model, dirs, harmful, harmless, args, label: str) -> dict:
 
     @dataclass
     class Recording(AbliterationMetrics):
-        def __call__(self, m, kl_keys=None):  # type: ignore[override]
+        def __call__(self, m, kl_keys=None, first_edited=None):  # type: ignore[override]
             rec: dict = {}
             outs, rec["t_full"] = timed_call(
                 generate, m, harmful, args.max_new_tokens, batch_size=16
@@ -151,14 +156,14 @@ def one_run(model, dirs, harmful, harmless, args, label: str) -> dict:
                 rec["first_token"], rec["t_first_token"] = timed_call(first.verdicts, m)
             records.append(rec)
             n_full = sum(rec["full"])
-            kl = self.kl(m, kl_keys)
+            kl = self.kl(m, kl_keys, first_edited)
             return dict(refusals=n_full, refusal_rate=n_full / len(harmful)) | kl
 
     metrics = Recording(**{f: getattr(base_metrics, f) for f in base_metrics.__dataclass_fields__})
     metrics(model)  # the base model: each objective's own base refusals
     base = records.pop()
     start = time.perf_counter()
-    search(
+    res = search(
         model,
         dirs,
         metrics,
@@ -168,12 +173,40 @@ def one_run(model, dirs, harmful, harmless, args, label: str) -> dict:
         refusal_objective="full",
         progress=False,
     )
+    wall = time.perf_counter() - start
+    if "batched" in wanted:
+        batched(model, dirs, harmful, res, records, base, args)
     return dict(
         label=label,
         base=base,
         records=records,
-        wall=time.perf_counter() - start,
+        wall=wall,
     )
+
+
+def batched(model, dirs, harmful, res, records: list[dict], base: dict, args) -> None:
+    """``batched@N`` and ``full-batched`` of every trial (the module), into its record."""
+    from thinklens.analyses.abliteration import RefusalCounter
+    from thinklens.interventions.abliteration import heretic_plan
+
+    k = args.parallel
+    numbers = sorted(t.number for t in res.study.trials if t.state.name == "COMPLETE")
+    plans = [heretic_plan(model, dirs, res.params(t)) for t in numbers]
+    kw = dict(max_new_tokens=args.max_new_tokens, batch_size=16)
+    for name, counter in [
+        *[
+            (f"batched@{n}", RefusalCounter("early_stop", harmful, answer_tokens=n, **kw))
+            for n in args.n
+        ],
+        ("full-batched", RefusalCounter("full", harmful, **kw)),
+    ]:
+        base[name] = counter.verdicts(model)
+        for i in range(0, len(plans), k):
+            start = time.perf_counter()
+            counts = counter.verdicts_many(model, plans[i : i + k])
+            seconds = (time.perf_counter() - start) / len(counts)
+            for rec, v in zip(records[i : i + k], counts, strict=True):
+                rec[name], rec[f"t_{name}"] = v, seconds
 
 
 def summarise(run: dict, objectives: list[str]) -> list[dict]:
@@ -228,6 +261,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "fast_objective.txt")
     parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
     parser.add_argument("--n", nargs="+", type=int, default=list(CANDIDATE_N), help="answer tokens")
+    parser.add_argument("--parallel", type=int, default=4, help="trials a batch (batched@N)")
     parser.add_argument(
         "--think", nargs="+", type=int, default=list(CANDIDATE_K), help="short@K thinking tokens"
     )
@@ -253,6 +287,8 @@ def main() -> None:
     names += [o for o in ("probe", "first_token") if o in wanted]
     names += [f"{o}@{n}" for o in ("early_stop", "draft") if o in wanted for n in args.n]
     names += [f"short@{k}" for k in args.think if "short_thinking" in wanted]
+    if "batched" in wanted:
+        names += [f"batched@{n}" for n in args.n] + ["full-batched"]
     load_start = os.getloadavg()[0]
 
     h, b, where_val = validation_prompts(args.n_prompts)
@@ -291,7 +327,8 @@ def main() -> None:
         *table(test_rows, args.n_prompts, full_test),
         f"search wall time: validation {val['wall']:.0f} s, held-out {test['wall']:.0f} s; "
         "seconds per trial: each objective's own generation or probe time (early_stop at "
-        f"N = {max(args.n)} for every N, an upper bound)",
+        f"N = {max(args.n)} for every N, an upper bound; batched: a batch of "
+        f"{args.parallel} trials' seconds over {args.parallel})",
         "",
     ]
     chosen_row = next(r for r in test_rows if r["objective"] == chosen)

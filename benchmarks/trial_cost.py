@@ -5,10 +5,13 @@ of each kind for the directions and as many for the evaluation, batch 16). For `
 random settings of Heretic's space (seeded) it times each part of a trial of ``search``'s
 default for a model that thinks first: writing the edit, counting refusals (``early_stop``),
 the first-answer-token KL (one forward pass over each harmless prompt and the base model's own
-thinking) and restoring the weights. Then it times one greedy decoding step with a key-value
-cache (after a 40-token prompt) at several batch sizes, and the prefill of 128 tokens a row,
-per token. A step at batch 1 against a token of prefill says how much of decoding is reading
-the weights rather than computing. Results: ``results/trial_cost.txt``.
+thinking; from the first edited layer with the texts batched by length, and batched by count
+alone, which pads short texts to the longest) and restoring the weights; then the same edits'
+refusals counted 4 and 8 trials a batch (``search``'s ``parallel_trials``). Then it times
+one greedy decoding step with a key-value cache (after a 40-token prompt) at several batch
+sizes, and the prefill of 128 tokens a row, per token. A step at batch 1 against a token of
+prefill says how much of decoding is reading the weights rather than computing. Results:
+``results/trial_cost.txt``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
     from thinklens.analyses.abliteration import AbliterationMetrics
     from thinklens.interventions.abliteration import compute_directions, edited, heretic_plan
     from thinklens.interventions.abliteration.heretic import suggest
-    from thinklens.resume import first_edited_layer
+    from thinklens.resume import FixedInputs, first_edited_layer
 
     dirs = compute_directions(
         model, sets["bad_prompts"], sets["good_prompts"], batch_size=batch, progress=False
@@ -47,15 +50,18 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
     start = time.perf_counter()
     kept = metrics.with_fixed(model)
     keep_seconds = time.perf_counter() - start
+    # The same kept inputs in batches of 16 by count (no length batches): the padding's cost.
+    padded = FixedInputs.capture(model, metrics.answer_ids, batch, slack=float("inf"))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
     )
-    rows = []
+    rows, plans = [], []
     for _ in range(n_trials):
         params = suggest(study.ask(), model.n_layers)
         t0 = time.perf_counter()
         plan = heretic_plan(model, dirs, params)
+        plans.append(plan)
         first = first_edited_layer(model, [e.module for e in plan])
         with edited(model, plan):
             t1 = time.perf_counter()
@@ -65,13 +71,16 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
             t3 = time.perf_counter()
             part = kept.kl(model, ["kl_answer"], first)["kl_answer"]
             t4 = time.perf_counter()
-        t5 = time.perf_counter()
+            padded.logits(model, first)
+            t_padded = time.perf_counter() - t4
+        t5 = time.perf_counter() - t_padded
         rows.append(
             dict(
                 write=t1 - t0,
                 refusals=t2 - t1,
                 kl=t3 - t2,
                 kl_kept=t4 - t3,
+                kl_kept_padded=t_padded,
                 restore=t5 - t4,
                 n=refusals,
                 first=first,
@@ -79,7 +88,17 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
             )
         )
     kl_tokens = sum(len(ids) for ids in metrics.answer_ids)
-    return rows, dict(kl_rows=len(metrics.answer_ids), kl_tokens=kl_tokens, keep=keep_seconds)
+    # The same plans counted ``parallel`` at a time (search's parallel_trials): a trial's share.
+    parallel = {}
+    for k in (4, 8):
+        start = time.perf_counter()
+        same = True
+        for i in range(0, len(plans), k):
+            counts = [sum(v) for v in metrics.counter.verdicts_many(model, plans[i : i + k])]
+            same &= counts == [r["n"] for r in rows[i : i + k]]
+        parallel[k] = ((time.perf_counter() - start) / len(plans), same)
+    sizes = dict(kl_rows=len(metrics.answer_ids), kl_tokens=kl_tokens, keep=keep_seconds)
+    return rows, sizes | dict(parallel=parallel)
 
 
 @torch.no_grad()
@@ -142,7 +161,7 @@ def main() -> None:
         "",
         "part of a trial     mean s   min s   max s",
     ]
-    for part in ("write", "refusals", "kl", "kl_kept", "restore"):
+    for part in ("write", "refusals", "kl", "kl_kept", "kl_kept_padded", "restore"):
         v = [r[part] for r in rows]
         lines.append(f"{part:18} {statistics.mean(v):7.2f} {min(v):7.2f} {max(v):7.2f}")
     for name, kl in (("total (kl)", "kl"), ("total (kl_kept)", "kl_kept")):
@@ -150,8 +169,20 @@ def main() -> None:
         total = statistics.mean(sum(r[k] for k in parts) for r in rows)
         lines.append(f"{name:18} {total:7.2f}")
     kl_ratio = statistics.mean(r["kl"] for r in rows) / statistics.mean(r["kl_kept"] for r in rows)
-    lines += [f"kl / kl_kept: {kl_ratio:.2f}x", ""]
-    lines += ["batch   ms/step   ms/row-step   ms/prefill-token"]
+    pad_ratio = statistics.mean(r["kl_kept_padded"] for r in rows) / statistics.mean(
+        r["kl_kept"] for r in rows
+    )
+    lines += [
+        f"kl / kl_kept: {kl_ratio:.2f}x; kl_kept_padded (one batch of {args.batch_size} by "
+        f"count, no length batches) / kl_kept: {pad_ratio:.2f}x",
+    ]
+    for k, (sec, same) in sizes["parallel"].items():
+        lines.append(
+            f"refusals, {k} trials a batch (parallel_trials={k}): {sec:.2f} s a trial, "
+            f"{statistics.mean(r['refusals'] for r in rows) / sec:.2f}x one at a time; the same "
+            f"counts as one at a time: {same}"
+        )
+    lines += ["", "batch   ms/step   ms/row-step   ms/prefill-token"]
     lines += [f"{b:5} {s:9.1f} {s / b:13.2f} {t:18.2f}" for b, s, t in steps]
     save(lines, args.out)
 

@@ -18,7 +18,7 @@ the two top tokens (a full-sequence pass and a cached step round differently).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -85,6 +85,7 @@ def _batch(
     max_new_tokens: int,
     answer_tokens: int | None,
     pad: int,
+    on_rows: Callable[[list[int]], None],
 ) -> list[list[int]]:
     """One batch: check the drafts in one pass, then go on greedily from each row's first
     difference with the pass's own cache (rejected draft tokens masked out, like padding)."""
@@ -95,6 +96,7 @@ def _batch(
     # Left padding: positions count real tokens only, as generate numbers them.
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     keep = max(len(d) for d in drafts) + 1
+    on_rows(list(range(len(prefixes))))
     out = model.hf(
         input_ids=ids,
         attention_mask=mask,
@@ -128,6 +130,7 @@ def _batch(
             cache.batch_select_indices(keep_rows)
             mask = mask[keep_rows]
             active = [active[k] for k in still]
+            on_rows(active)
         step = torch.tensor([[news[r][-1]] for r in active], device=ids.device)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         out = model.hf(
@@ -155,6 +158,7 @@ def greedy_continue(
     batch_size: int = 16,
     answer_tokens: int | None = None,
     drafts: Sequence[Sequence[int]] | None = None,
+    on_rows: Callable[[list[int]], None] | None = None,
 ) -> list[list[int]]:
     """Greedy new token ids after each prefix, as ``continue_ids`` gives them: each row leaves
     the batch as soon as it stops (at a stop token, ``answer_tokens`` after its thinking closes,
@@ -163,6 +167,10 @@ def greedy_continue(
 
     ``drafts``: an earlier greedy output for each prefix (e.g. the base model's), checked in one
     pass so that only what follows the first difference is generated (the module docstring).
+
+    ``on_rows``: called before each forward pass whose rows change, with the indices (into
+    ``prefixes``) of the rows the pass holds, in batch order; an edit that treats rows apart
+    (``interventions.abliteration.RowPlans.select``) follows the batch with it.
     """
     if drafts is None:
         drafts = [[] for _ in prefixes]
@@ -177,6 +185,11 @@ def greedy_continue(
     final = []
     for start in range(0, len(prefixes), batch_size):
         rows = range(start, min(start + batch_size, len(prefixes)))
+
+        def shifted(active: list[int], start: int = start) -> None:
+            if on_rows is not None:
+                on_rows([start + r for r in active])
+
         final += _batch(
             model,
             [list(prefixes[i]) for i in rows],
@@ -184,5 +197,6 @@ def greedy_continue(
             max_new_tokens,
             answer_tokens,
             pad,
+            shifted,
         )
     return final

@@ -8,6 +8,9 @@ keeping the input of every ``stride``-th decoder layer; ``logits(model, start)``
 the decoder layers below the nearest kept layer with stand-ins that hand on the kept input, so
 only the layers from there on compute. Exact: the same batches, padding and positions as the
 capture, so the result is the full forward pass's (tested against it).
+
+The texts are batched by length (``length_batches``): a pass costs the padded tokens of its
+batches, and one long text in a batch of short ones pads them all to its length.
 """
 
 from __future__ import annotations
@@ -64,6 +67,24 @@ def _layers_kept(layers: nn.ModuleList, below: int, hidden: Tensor) -> Iterator[
             layers[i] = layer
 
 
+def length_batches(lengths: Sequence[int], batch_size: int, slack: float = 1.15) -> list[list[int]]:
+    """Indices of ``lengths`` in batches of at most ``batch_size``, shortest first, a batch
+    closed early when padding it to its longest row would exceed ``slack`` times its tokens."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: give at least 1")
+    out: list[list[int]] = []
+    tokens = 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        n = lengths[i]
+        if out and len(out[-1]) < batch_size and (len(out[-1]) + 1) * n <= slack * (tokens + n):
+            out[-1].append(i)
+            tokens += n
+        else:
+            out.append([i])
+            tokens = n
+    return out
+
+
 @dataclass
 class FixedInputs:
     """Token batches with the base model's input to every ``stride``-th decoder layer kept."""
@@ -72,6 +93,17 @@ class FixedInputs:
     kept: dict[int, list[Tensor]]  # layer -> its input, one tensor a batch
     base_logits: Float[Tensor, "n vocab"]
     stride: int
+    #: The texts' indices in batch order (the batches are by length): row ``j`` of the
+    #: concatenated batches is text ``order[j]``.
+    order: list[int] | None = None
+
+    def _unbatched(self, rows: Tensor) -> Tensor:
+        """Rows in batch order put back in the texts' order."""
+        if self.order is None:
+            return rows
+        out = torch.empty_like(rows)
+        out[torch.tensor(self.order)] = rows
+        return out
 
     @classmethod
     @torch.no_grad()
@@ -81,9 +113,11 @@ class FixedInputs:
         ids: Sequence[Sequence[int]],
         batch_size: int = 16,
         max_bytes: int = 2**30,
+        slack: float = 1.15,
     ) -> FixedInputs:
         """Run the base ``model`` over ``ids`` once, keeping layer inputs within ``max_bytes``
-        (every layer's if they fit, else every ``stride``-th, so ``logits`` starts lower)."""
+        (every layer's if they fit, else every ``stride``-th, so ``logits`` starts lower).
+        ``slack``: the padding a batch may add (``length_batches``; ``inf`` batches by count)."""
         if not ids:
             raise ValueError("FixedInputs.capture needs at least one token id list")
         if max_bytes <= 0:
@@ -97,8 +131,9 @@ class FixedInputs:
         wanted = list(range(stride, n, stride))
         batches, logits = [], []
         kept: dict[int, list[Tensor]] = {i: [] for i in wanted}
-        for start in range(0, len(ids), batch_size):
-            chunk = ids[start : start + batch_size]
+        groups = length_batches([len(x) for x in ids], batch_size, slack)
+        for group in groups:
+            chunk = [ids[i] for i in group]
             tok_ids, mask = model.pad_ids(chunk, "left")
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             seen: dict[int, Tensor] = {}
@@ -117,7 +152,10 @@ class FixedInputs:
                 kept[i].append(seen[i])
             batches.append((tok_ids, mask, positions))
             logits.append(out.logits[:, -1].float().cpu())
-        return cls(batches, kept, torch.cat(logits), stride)
+        order = [i for g in groups for i in g]
+        fixed = cls(batches, kept, torch.cat(logits), stride, order)
+        fixed.base_logits = fixed._unbatched(fixed.base_logits)
+        return fixed
 
     def start_for(self, first_edited: int) -> int:
         """The kept layer ``logits`` starts at for a model edited from ``first_edited`` on."""
@@ -138,7 +176,7 @@ class FixedInputs:
                 with _layers_kept(layers, start, self.kept[start][b]):
                     res = model.hf(**kw)
             out.append(res.logits[:, -1].float().cpu())
-        return torch.cat(out)
+        return self._unbatched(torch.cat(out))
 
 
 def _keeper(seen: dict[int, Tensor], layer: int):

@@ -147,6 +147,11 @@ class AbliterationSearchConfig(_Evaluation):
     think_tokens: int = option(
         default_of(search, "think_tokens"), help="thinking tokens generated (short_thinking)"
     )
+    parallel_trials: int = option(
+        default_of(search, "parallel_trials"),
+        help="trials whose refusals are counted in one batch (thinklens protocol; early_stop "
+        "or full)",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

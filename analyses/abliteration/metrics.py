@@ -40,12 +40,14 @@ from thinklens.analyses.abliteration.objectives import (
 )
 from thinklens.evaluation import MarkerJudge, kl_divergence
 from thinklens.generation import generate
+from thinklens.interventions.abliteration.matrix import MatrixEdit
 from thinklens.interventions.abliteration.protocol import (
     HERETIC_SYSTEM,
     Protocol,
     chat_text,
     detect_response_prefix,
 )
+from thinklens.interventions.abliteration.weights import edited
 from thinklens.model import Model
 from thinklens.resume import FixedInputs
 from thinklens.rollouts import answer_start_ids, model_thinks
@@ -330,6 +332,39 @@ class AbliterationMetrics:
             | self.kl(model, kl_keys, first_edited)
             | self._over(over)
         )
+
+    def many(
+        self,
+        model: Model,
+        plans: Sequence[Sequence[MatrixEdit]],
+        kl_keys: Sequence[str] | None = None,
+        first_edited: Sequence[int | None] | None = None,
+    ) -> list[dict[str, float]]:
+        """``self(model)`` under each exact plan, as if each were written into the weights:
+        the refusals of all plans counted in one batch (``RefusalCounter.verdicts_many``), the
+        KL (and over-refusal) of each with its plan written in turn. ``first_edited``: one per
+        plan (see ``kl``)."""
+        counter = self.counter or RefusalCounter(
+            "full", self.harmful, self.max_new_tokens, batch_size=self.batch_size
+        )
+        if self.harmful_texts is not None:
+            raise ValueError(
+                "the published protocol counts Heretic's way, one plan at a time: "
+                "use parallel_trials=1 with it"
+            )
+        counts = [sum(v) for v in counter.verdicts_many(model, plans)]
+        firsts = list(first_edited) if first_edited is not None else [None] * len(plans)
+        out = []
+        for plan, n, first in zip(plans, counts, firsts, strict=True):
+            with edited(model, plan):
+                over = None
+                if self.over_refusal_prompts is not None:
+                    over = count_refusals(
+                        model, self.over_refusal_prompts, self.max_new_tokens, self.batch_size
+                    )
+                kl = self.kl(model, kl_keys, first)
+            out.append(dict(refusals=n, refusal_rate=n / len(self.harmful)) | kl | self._over(over))
+        return out
 
 
 # --- GSM8K ------------------------------------------------------------------------------------

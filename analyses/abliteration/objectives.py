@@ -28,6 +28,10 @@ every trial dominates a search. Four ways to count, each a ``RefusalCounter``:
   resumes only from the first token the edited model writes differently
   (``thinklens.decoding``). A trial whose edit leaves the response alone costs one prefill.
 
+``RefusalCounter.verdicts_many`` counts several exact plans at once (``"full"`` and
+``"early_stop"``): the prompts once per plan in one batch, each copy under its own plan
+(``interventions.abliteration.RowPlans``), the way ``search(..., parallel_trials=k)`` counts.
+
 ``benchmarks/fast_objective.py`` measures each against full generation (per-prompt agreement,
 rank correlation of trial objectives over a search, cost per trial).
 """
@@ -41,6 +45,9 @@ from typing import Literal
 from thinklens.decoding import close_end, greedy_continue, stop_token_ids
 from thinklens.evaluation import MarkerJudge, refusal_scores
 from thinklens.generation import continue_ids, decode_new, generate
+from thinklens.hooks import intervene
+from thinklens.interventions.abliteration.matrix import MatrixEdit
+from thinklens.interventions.abliteration.row_plans import RowPlans
 from thinklens.model import Model
 from thinklens.probes import RefusalProbe, probe_features
 from thinklens.rollouts import answer_start_ids
@@ -235,6 +242,43 @@ class RefusalCounter:
             model, self.prompts, self.max_new_tokens, batch_size=self.batch_size, answer_tokens=stop
         )
         return judge(self.prompts, outs)
+
+    def verdicts_many(
+        self, model: Model, plans: Sequence[Sequence[MatrixEdit]]
+    ) -> list[list[bool]]:
+        """``verdicts`` of the base ``model`` under each exact plan, all in one batch: the
+        prompts once per plan, each copy edited by its own plan (``RowPlans``). The
+        ``"full"`` and ``"early_stop"`` objectives only (they generate from the prompts alone).
+
+        The same greedy tokens as each plan written into the weights, up to floating-point
+        ties between the two top tokens (hooks and written weights round differently).
+        """
+        if self.objective not in ("full", "early_stop"):
+            raise ValueError(
+                f"objective {self.objective!r} cannot count several plans in one batch: use "
+                "'early_stop' or 'full', or count one plan at a time (parallel_trials=1)"
+            )
+        if not plans:
+            return []
+        # Laid out as ``generate`` lays them out, so a plan's tokens are those of ``verdicts``.
+        ids, mask = model.tokenize([model.chat(p) for p in self.prompts], padding_side="left")
+        prefixes = [r[m.bool()].tolist() for r, m in zip(ids, mask, strict=True)]
+        n = len(prefixes)
+        edit = RowPlans(plans, [k for k in range(len(plans)) for _ in range(n)])
+        stop = self.answer_tokens if self.objective == "early_stop" else None
+        with intervene(model, edit):
+            new = greedy_continue(
+                model,
+                prefixes * len(plans),
+                self.max_new_tokens,
+                self.batch_size * len(plans),
+                stop,
+                on_rows=edit.select,
+            )
+        verdicts = MarkerJudge(fmt=model.thinking)(
+            self.prompts * len(plans), decode_new(model, new)
+        )
+        return [verdicts[k * n : (k + 1) * n] for k in range(len(plans))]
 
     def short_answers(self, model: Model) -> list[str]:
         """``short_thinking``'s answers: the first ``answer_tokens`` tokens (after whitespace)

@@ -103,6 +103,37 @@ def _objective(asked: str, metrics: AbliterationMetrics, protocol: Protocol) -> 
     return check_refusal_objective(asked)
 
 
+def _check_parallel(
+    parallel_trials: int, protocol: Protocol, objective: str, reload: Callable | None
+) -> None:
+    """A clear error when trials cannot be counted several at a time."""
+    if parallel_trials < 1:
+        raise ValueError(f"parallel_trials={parallel_trials}: give 1 or more")
+    if parallel_trials == 1:
+        return
+    if protocol == "published":
+        raise ValueError(
+            "protocol='published' writes Heretic's rounded rank-3 edit, which has no exact "
+            "hook form for parallel trials: use parallel_trials=1 with it"
+        )
+    if objective not in ("early_stop", "full"):
+        raise ValueError(
+            f"refusal_objective={objective!r} counts one trial at a time: use 'early_stop' or "
+            "'full' with parallel_trials > 1"
+        )
+    if reload is not None:
+        raise ValueError("reload loads a model for each trial: use parallel_trials=1 with it")
+
+
+def _fail_stale(study: Any) -> None:
+    """Trials left running by an interrupted run of this study are failed, so the sampler
+    does not wait on them (one process runs a study at a time)."""
+    import optuna
+
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+
+
 def search(
     model: Model,
     directions: RefusalDirections,
@@ -122,6 +153,7 @@ def search(
     answer_tokens: int = ANSWER_TOKENS,
     think_tokens: int = THINK_TOKENS,
     keep_lower_layers: bool = True,
+    parallel_trials: int = 1,
 ) -> SearchResult:
     """Run (or resume) Heretic's search until the study holds ``n_trials`` finished trials.
 
@@ -154,11 +186,19 @@ def search(
         keep_lower_layers: ``kl_answer`` keeps the base model's layer inputs on its fixed
             texts and runs each trial from the first layer the edit touches (exact; the
             layers below compute what they did for the base). False runs every layer.
+        parallel_trials: trials asked of the sampler at once, their refusals counted in one
+            batch (the prompts once per trial, each copy under its own trial's edit as exact
+            hooks: ``RowPlans``); each trial's KL then runs with its edit written. A decoding
+            step bound by reading the weights costs little more for several copies of the
+            prompts. TPE then treats the trials still running as the worst seen (Optuna's
+            constant liar). Needs the thinklens protocol and the ``"early_stop"`` or
+            ``"full"`` objective.
     Heretic's default seed is random; thinklens's is 0, so a search repeats.
     """
     if protocol == "published" and kl_target is None:
         kl_target = 0.01
     objective = _objective(refusal_objective, metrics, protocol)
+    _check_parallel(parallel_trials, protocol, objective, reload)
     if objective != metrics.objective:
         metrics = metrics.with_objective(model, objective, answer_tokens, think_tokens)
     import optuna
@@ -171,6 +211,7 @@ def search(
         n_startup_trials=n_startup_trials,
         n_ei_candidates=n_ei_candidates,
         seed=seed,
+        constant_liar=parallel_trials > 1,
     )
     study = optuna.create_study(
         directions=["minimize", "minimize"],
@@ -204,18 +245,23 @@ def search(
     if kl_objective == "auto":
         kl_key = "kl_answer" if metrics.answer_texts is not None else "kl"
 
-    def objective(trial: Any) -> tuple[float, float]:
-        params = suggest(trial, model.n_layers, protocol)
-        target = reload() if reload is not None else model
-        plan = heretic_plan(target, directions, params, protocol)
-        first = first_edited_layer(target, [e.module for e in plan]) if keep_lower_layers else None
-        with edited(target, plan):
-            # Only the KL the objective reads: each one is a forward pass over the prompts.
-            m = metrics(target, kl_keys=[kl_key], first_edited=first)
+    def record(trial: Any, params: HereticParams, m: dict[str, float]) -> tuple[float, float]:
         trial.set_user_attr("params", json.dumps(params.to_dict()))
         for k, v in m.items():
             trial.set_user_attr(k, v)
         return objective_scores(m[kl_key], m["refusals"], metrics.base_refusals, kl_target)
+
+    def first_of(target: Model, plan: list) -> int | None:
+        return first_edited_layer(target, [e.module for e in plan]) if keep_lower_layers else None
+
+    def objective(trial: Any) -> tuple[float, float]:
+        params = suggest(trial, model.n_layers, protocol)
+        target = reload() if reload is not None else model
+        plan = heretic_plan(target, directions, params, protocol)
+        with edited(target, plan):
+            # Only the KL the objective reads: each one is a forward pass over the prompts.
+            m = metrics(target, kl_keys=[kl_key], first_edited=first_of(target, plan))
+        return record(trial, params, m)
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     todo = max(n_trials - len(done), 0)
@@ -229,7 +275,25 @@ def search(
         if trial.values is not None:
             bar.set_postfix(kl=f"{trial.values[0]:.3f}", refusals=trial.user_attrs["refusals"])
 
-    study.optimize(objective, n_trials=todo, callbacks=[tick])
+    if parallel_trials == 1:
+        study.optimize(objective, n_trials=todo, callbacks=[tick])
+    else:
+        _fail_stale(study)
+        while todo > 0:
+            trials = [study.ask() for _ in range(min(parallel_trials, todo))]
+            try:
+                params = [suggest(t, model.n_layers, protocol) for t in trials]
+                plans = [heretic_plan(model, directions, p, protocol) for p in params]
+                firsts = [first_of(model, plan) for plan in plans]
+                measured = metrics.many(model, plans, [kl_key], firsts)
+            except BaseException:
+                for t in trials:
+                    study.tell(t, state=optuna.trial.TrialState.FAIL)
+                raise
+            for t, p, m in zip(trials, params, measured, strict=True):
+                study.tell(t, record(t, p, m))
+                tick(study, study.trials[t.number])
+            todo -= len(trials)
     bar.close()
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     return SearchResult(study, _table(complete), _table(study.best_trials))

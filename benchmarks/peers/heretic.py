@@ -14,7 +14,8 @@ from a ``config.toml`` in a fresh working folder, with standard input closed; it
 it prints that the optimisation finished, before its interactive menu. Its Optuna journal gives
 each trial's start and end, parameters, refusals and KL (read with the journal's own optuna, in
 the peer environment). thinklens's searches run in this process and are timed the same way
-(Optuna's trial start and end), in two settings (``--runs``):
+(Optuna's trial start and end, and the trial phase's wall time over the trials), in three
+settings (``--runs``):
 
 - ``published``: Heretic's protocol (``search(..., protocol="published")``, directions read
   Heretic's way, ``AbliterationMetrics.prepare(..., protocol="published")``): the same work per
@@ -22,6 +23,8 @@ the peer environment). thinklens's searches run in this process and are timed th
 - ``default``: thinklens's defaults (its reading of the directions, its metrics for a model that
   thinks first, its search space and exact edit, and the refusal objective ``search`` picks,
   or ``--thinklens-objective``).
+- ``parallel``: the default run with ``--parallel-trials`` trials asked at once and their
+  refusals counted in one batch (``search(..., parallel_trials=k)``).
 
 Each run's Pareto front (fewest refusals at each KL, by its own count) is then measured again
 in this process, on the same harmful and harmless prompts, two ways: by Heretic's count
@@ -298,6 +301,8 @@ def thinklens_run(model, sets: dict, args: argparse.Namespace, kind: str) -> dic
         dirs = compute_directions(model, bad, good, batch_size=b, progress=False)
         metrics = AbliterationMetrics.prepare(model, *evaluation, batch_size=b)
         kw = objective_option(args)
+        if kind == "parallel":
+            kw["parallel_trials"] = args.parallel_trials
     setup = time.perf_counter() - start
     res = search(
         model,
@@ -310,7 +315,7 @@ def thinklens_run(model, sets: dict, args: argparse.Namespace, kind: str) -> dic
         **kw,
     )
     wall = time.perf_counter() - start
-    kl_key = "kl_answer" if kind == "default" else "kl"
+    kl_key = "kl" if kind == "published" else "kl_answer"
     rows = [
         dict(
             trial=t.number + 1,
@@ -323,14 +328,18 @@ def thinklens_run(model, sets: dict, args: argparse.Namespace, kind: str) -> dic
         if t.state.name == "COMPLETE"
     ]
     objective = res.study.user_attrs.get("refusal_objective", "full")
+    done = [t for t in res.study.trials if t.state.name == "COMPLETE"]
+    span = max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
+    parallel = f", parallel_trials {args.parallel_trials}" if kind == "parallel" else ""
     return dict(
         rows=rows,
         setup=setup,
         wall=wall,
+        span=span.total_seconds(),
         dirs=dirs,
         protocol="published" if kind == "published" else "thinklens",
         base_refusals=metrics.base_refusals,
-        note=f"refusal_objective {objective!r}, KL {kl_key!r}, "
+        note=f"refusal_objective {objective!r}, KL {kl_key!r}{parallel}, "
         f"base refusals {metrics.base_refusals}",
     )
 
@@ -347,14 +356,17 @@ def main() -> None:
     p.add_argument(
         "--runs",
         nargs="+",
-        default=["published", "default"],
-        choices=["published", "default"],
+        default=["published", "default", "parallel"],
+        choices=["published", "default", "parallel"],
         help="thinklens searches to run beside Heretic",
     )
     p.add_argument(
         "--thinklens-objective",
         default=None,
         help="search()'s refusal_objective for the default run (else its own choice)",
+    )
+    p.add_argument(
+        "--parallel-trials", type=int, default=4, help="trials a batch in the parallel run"
     )
     p.add_argument("--judge-tokens", type=int, default=256, help="new tokens the judge reads")
     p.add_argument("--venv", type=Path, default=CACHE / "peers" / "heretic-venv")
@@ -406,6 +418,7 @@ def main() -> None:
         )
         span = max(t["end"] for t in study["trials"]) - min(t["start"] for t in study["trials"])
         her["setup"] = her_wall - span
+        her["span"] = span
 
         # thinklens, in this process, with the same settings.
         runs = {"heretic": her}
@@ -492,12 +505,20 @@ def main() -> None:
     for name, run in runs.items():
         if name != "heretic":
             lines.append(f"{name}: search(protocol={run['protocol']!r}); {run['note']}")
-    lines += ["", "time per trial (Optuna's trial start to end):"]
+    lines += [
+        "",
+        "time per trial (Optuna's trial start to end; a parallel batch's trials each span it):",
+    ]
     for name, run in runs.items():
         t = [r["seconds"] for r in run["rows"]]
         lines.append(
             f"  {name:<21} {spread(t)}; x{statistics.mean(t) / her_mean:.2f} of Heretic's mean"
         )
+    her_span = her["span"] / len(her["rows"])
+    lines.append("time per trial (first trial's start to last trial's end, over the trials):")
+    for name, run in runs.items():
+        per = run["span"] / len(run["rows"])
+        lines.append(f"  {name:<21} {per:5.1f} s; x{per / her_span:.2f} of Heretic's")
     lines.append("wall (set-up: load, prefix, directions, base metrics; then the trials):")
     for name, run in runs.items():
         lines.append(f"  {name:<21} {run['wall']:.0f} s, set-up {run['setup']:.0f} s")

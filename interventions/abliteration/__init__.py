@@ -6,7 +6,8 @@ Artifact).
 inference, or ``apply(model, preset, directions)`` for a new model with edited weights
 (``arditi``, ``failspy``, ``deccp``, ``erisforge``, ``heretic``), and ``export`` to save it;
 ``adapted(model, plan(...))`` runs a plan as low-rank adapters (no weight written) and
-``save_adapter`` saves it as a PEFT LoRA folder.
+``save_adapter`` saves it as a PEFT LoRA folder. ``PlanHooks`` runs an exact plan as output
+hooks, ``RowPlans`` several plans in one batch, each on its own rows.
 ``protocol="published"`` (``deccp``, ``erisforge``, ``heretic``) reproduces a tool's released
 protocol, with directions of its reading (``compute_directions(..., reading="heretic")``);
 ``detect_response_prefix`` and ``chat_text`` give Heretic's prompt texts to metrics.
@@ -36,6 +37,7 @@ from thinklens.interventions.abliteration.protocol import (
     common_response_prefix,
     detect_response_prefix,
 )
+from thinklens.interventions.abliteration.row_plans import RowPlans
 from thinklens.interventions.abliteration.selection import (
     DirectionSelection,
     NoCandidate,
@@ -60,6 +62,7 @@ __all__ = [
     "Protocol",
     "Reading",
     "RefusalDirections",
+    "RowPlans",
     "adapted",
     "apply",
     "chat_text",

@@ -48,6 +48,56 @@ def row_norm_factors(
 
 
 @dataclass
+class HookTerms:
+    """What one exact edit does to its module's output ``x``: with ``part = x - kept`` (the
+    weight's write) and ``y = part / n``, the output becomes ``(y - w (y . r) r) (n / m) + kept``
+    (``n = m = 1`` unless the edit preserves row norms; ``kept`` None: no bias to keep)."""
+
+    module: str
+    r: Float[Tensor, " d_model"]
+    w: float
+    kept: Float[Tensor, " d_model"] | None
+    norms: tuple[Float[Tensor, " d_model"], Float[Tensor, " d_model"]] | None
+
+
+def hook_terms(model: Model, e: MatrixEdit) -> HookTerms:
+    """``e``'s terms as an output hook, or a clear error when it has no hook form."""
+    if e.round_to is not None or e.low_rank is not None:
+        raise ValueError(
+            "a rounded or low-rank edit has no hook form: apply it to weights (or run a "
+            "low-rank one as an adapter: adapters.adapted)"
+        )
+    if e.norm_preserving and e.kind != "write":
+        raise ValueError(
+            f"{e.module}: a norm-preserving edit of an embedding or of fused experts "
+            "has no hook form here: apply it to weights"
+        )
+    experts = model.family.experts
+    if e.kind == "experts" and not e.bias and experts is not None and experts.down_bias:
+        # The hook sees the routed sum, biases included; keeping them would need the
+        # routing weights of every token.
+        raise ValueError(
+            f"{model.name}'s experts have biases, which a hook on their routed sum "
+            "cannot keep: plan with bias=True, or write the edit into the weights"
+        )
+    module = get_path(model.hf, e.module)
+    if not callable(getattr(module, "weight", None)):  # not torch.ao's int8 Linear
+        module = resolve_module(model, model.hf, e.module)  # the engine's clear errors
+    bias = stored(getattr(module, "bias", None))
+    r = e.direction.to(torch.float64)
+    kept = None if e.bias or e.kind != "write" or not isinstance(bias, Tensor) else bias
+    norms = None
+    if e.norm_preserving:
+        if e.bias:
+            raise ValueError(
+                f"{e.module}: a norm-preserving edit leaves the bias alone: plan with bias=False"
+            )
+        w = as_out_in(model, e, stored(module.weight)).to(torch.float64)
+        norms = row_norm_factors(w, r.to(w.device), e.weight)
+    return HookTerms(e.module, r, e.weight, kept, norms)
+
+
+@dataclass
 class PlanHooks(Edit):
     """A plan run at inference: each listed module's output loses ``w (x . r) r``.
 
@@ -65,66 +115,25 @@ class PlanHooks(Edit):
     def install(self, model: Model, tree: nn.Module) -> list[RemovableHandle]:
         handles = []
         for e in self.edits:
-            if e.round_to is not None or e.low_rank is not None:
-                raise ValueError(
-                    "a rounded or low-rank edit has no hook form: apply it to weights (or run a "
-                    "low-rank one as an adapter: adapters.adapted)"
-                )
-            if e.norm_preserving and e.kind != "write":
-                raise ValueError(
-                    f"{e.module}: a norm-preserving edit of an embedding or of fused experts "
-                    "has no hook form here: apply it to weights"
-                )
-            experts = model.family.experts
-            if e.kind == "experts" and not e.bias and experts is not None and experts.down_bias:
-                # The hook sees the routed sum, biases included; keeping them would need the
-                # routing weights of every token.
-                raise ValueError(
-                    f"{model.name}'s experts have biases, which a hook on their routed sum "
-                    "cannot keep: plan with bias=True, or write the edit into the weights"
-                )
-            module = get_path(model.hf, e.module)
-            if not callable(getattr(module, "weight", None)):  # not torch.ao's int8 Linear
-                module = resolve_module(model, model.hf, e.module)  # the engine's clear errors
-            bias = stored(getattr(module, "bias", None))
-            r = e.direction.to(torch.float64)
-            kept = None if e.bias or e.kind != "write" or not isinstance(bias, Tensor) else bias
-            norms = None
-            if e.norm_preserving:
-                if e.bias:
-                    raise ValueError(
-                        f"{e.module}: a norm-preserving edit leaves the bias alone: plan with "
-                        "bias=False"
-                    )
-                w = as_out_in(model, e, stored(module.weight)).to(torch.float64)
-                norms = row_norm_factors(w, r.to(w.device), e.weight)
-            handles.append(
-                get_path(tree, e.module).register_forward_hook(
-                    _remove_hook(r, e.weight, kept, norms)
-                )
-            )
+            t = hook_terms(model, e)
+            handles.append(get_path(tree, t.module).register_forward_hook(_remove_hook(t)))
         return handles
 
 
-def _remove_hook(
-    r: Tensor,
-    w: float,
-    kept: Tensor | None,
-    norms: tuple[Tensor, Tensor] | None,
-):
+def _remove_hook(t: HookTerms):
     """The forward hook of one edit: the direction removed from the weight's write."""
 
     def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
         # In float64, like the weight engine: float32 rounding of large activations would
         # otherwise dominate the comparison with the edited weights.
-        x, rr = out.double(), r.to(out.device)
-        b = None if kept is None else kept.to(x)
+        x, rr = out.double(), t.r.to(out.device)
+        b = None if t.kept is None else t.kept.to(x)
         part = x if b is None else x - b  # only the weight's write
-        if norms is None:
-            return (x - w * (part @ rr)[..., None] * rr).to(out.dtype)
-        n, m = (t.to(x.device) for t in norms)
+        if t.norms is None:
+            return (x - t.w * (part @ rr)[..., None] * rr).to(out.dtype)
+        n, m = (v.to(x.device) for v in t.norms)
         y = part / n
-        new = (y - w * (y @ rr)[..., None] * rr) * (n / m)
+        new = (y - t.w * (y @ rr)[..., None] * rr) * (n / m)
         return (new if b is None else new + b).to(out.dtype)
 
     return post

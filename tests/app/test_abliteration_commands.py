@@ -56,6 +56,9 @@ def test_directions_apply_search_export_evaluate(tiny_cli, tmp_path, capsys):
     db = ["--storage", str(tmp_path / "s.db")]
     assert main(["abliteration", "search", "tiny", *ev, *db, "--n-trials", "2"]) == 0
     assert "Pareto front" in capsys.readouterr().out
+    par = [*db, "--n-trials", "3", "--parallel-trials", "2", "--study-name", "par"]
+    assert main(["abliteration", "search", "tiny", *ev, *par]) == 0
+    assert "Pareto front" in capsys.readouterr().out
     # The tiny model does not think: auto counts by full generation, and a cheaper objective
     # (the answer after the model's own thinking) is refused with the reason.
     import optuna

@@ -234,3 +234,29 @@ def test_kl_answer_from_the_first_edited_layer_is_the_whole_pass_s(backend):
     whole = search(m, d, metrics, keep_lower_layers=False, **kw).trials.sort_values("trial")
     assert (kept["kl_answer"] > 0).all()
     np.testing.assert_allclose(kept["kl_answer"], whole["kl_answer"], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.real
+@needs_aligned
+def test_plans_counted_in_one_batch_give_each_plans_own_verdicts(aligned):
+    """Four random settings of Heretic's space, counted at once (early_stop): each plan's
+    verdicts are those of its edit written into the weights, and the plans differ."""
+    import optuna
+
+    from thinklens.interventions.abliteration import edited, heretic_plan
+    from thinklens.interventions.abliteration.heretic import suggest
+
+    m = aligned
+    harmful = bundled_prompts("harmful", "test")[:6]
+    d = compute_directions(m, bundled_prompts("harmful", "train")[:16], HARMLESS, progress=False)
+    counter = RefusalCounter.prepare(m, harmful, "early_stop", max_new_tokens=160)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    plans = [heretic_plan(m, d, suggest(study.ask(), m.n_layers)) for _ in range(4)]
+    want = []
+    for plan in plans:
+        with edited(m, plan):
+            want.append(counter.verdicts(m))
+    assert counter.verdicts_many(m, plans) == want
+    assert len({tuple(v) for v in want}) > 1
+    with pytest.raises(ValueError, match="cannot count several plans"):
+        RefusalCounter("answer", harmful).verdicts_many(m, plans)

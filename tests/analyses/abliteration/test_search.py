@@ -114,3 +114,38 @@ def test_gsm8k_accuracy_on_a_file(tmp_path, tiny):
 def test_gsm8k_reference_file_parses(shared_data):
     items = load_gsm8k(shared_data / "gsm8k_test.jsonl", n=20)
     assert len(items) == 20 and all(gold.lstrip("-").isdigit() for _, gold in items)
+
+
+def test_parallel_trials_measure_each_trial_as_written_weights_would(setup, tmp_path):
+    """Trials counted three at a time in one batch: each trial's refusals and KL are those of
+    its edit written into a copy; the model is untouched; an interrupted batch resumes."""
+    import optuna
+
+    m, d, metrics = setup
+    before = {k: v.clone() for k, v in m.hf.state_dict().items()}
+    db = tmp_path / "p.db"
+    kw = dict(storage=db, n_startup_trials=2, progress=False, parallel_trials=3)
+    res = search(m, d, metrics, n_trials=4, **kw)  # a batch of 3, then one of 1
+    assert sorted(res.trials.trial) == [0, 1, 2, 3]
+    for k, v in m.hf.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for _, row in res.trials.iterrows():
+        redone = metrics(apply(m, "heretic", d, params=res.params(int(row.trial))))
+        assert redone["refusals"] == row.refusals
+        assert redone["kl"] == pytest.approx(row.kl, abs=1e-5)
+    # A trial left running by a killed run is failed, not waited on.
+    res.study.ask()
+    again = search(m, d, metrics, n_trials=6, **kw)
+    assert len(again.trials) == 6
+    states = [t.state for t in again.study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+
+
+def test_parallel_trials_need_exact_edits_and_a_generating_objective(setup):
+    m, d, metrics = setup
+    with pytest.raises(ValueError, match="parallel_trials=0"):
+        search(m, d, metrics, n_trials=1, progress=False, parallel_trials=0)
+    with pytest.raises(ValueError, match="no exact hook form"):
+        search(m, d, metrics, n_trials=1, progress=False, parallel_trials=2, protocol="published")
+    with pytest.raises(ValueError, match="reload"):
+        search(m, d, metrics, n_trials=1, progress=False, parallel_trials=2, reload=lambda: m)

@@ -216,6 +216,7 @@ def _search(cfg: AbliterationSearchConfig) -> None:
         refusal_objective=cfg.refusal_objective,
         answer_tokens=cfg.answer_tokens,
         think_tokens=cfg.think_tokens,
+        parallel_trials=cfg.parallel_trials,
     )
     front = res.pareto
     if cfg.xstest and not front.empty:

@@ -1,0 +1,136 @@
+"""Several exact plans in one batch: each row of a forward pass gets its own plan's edit.
+
+A search trial counts refusals by generating answers to the same prompts. On a CPU (and on a
+GPU at small batches) a decoding step is bound by reading the weights, so it costs about as
+much for 64 rows as for 16: ``RowPlans`` runs the edits of several trials as output hooks on
+as many copies of the prompts, in one batch, each row edited by its own trial's plan with
+``PlanHooks``'s exact formula (``ablation.hook_terms``). A module that a plan leaves alone
+passes that plan's rows through unchanged.
+
+The rows are numbered as given (``rows[i]``: the plan of row ``i``); a decoding loop that drops
+finished rows from the batch says which rows remain with ``select`` (``decoding.greedy_continue``
+takes it as ``on_rows``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from thinklens.hooks import Edit
+from thinklens.interventions.abliteration.ablation import HookTerms, hook_terms
+from thinklens.interventions.abliteration.matrix import MatrixEdit
+from thinklens.model import Model, get_path
+
+
+@dataclass
+class _ModuleTerms:
+    """One module's edit under every plan, stacked: row ``p`` is plan ``p``'s (zeros, ones for
+    a plan that leaves the module alone)."""
+
+    r: Float[Tensor, "plan d_model"]
+    w: Float[Tensor, " plan"]
+    n: Float[Tensor, "plan d_model"]
+    m: Float[Tensor, "plan d_model"]
+    kept: Float[Tensor, " d_model"] | None
+
+
+@dataclass
+class RowPlans(Edit):
+    """Plan ``rows[i]`` of ``plans`` edits row ``i`` of every forward pass (see the module).
+
+    Each plan must be exact (``PlanHooks``'s conditions). A forward pass over fewer rows than
+    ``rows`` needs ``select`` first.
+    """
+
+    plans: Sequence[Sequence[MatrixEdit]] = field(default_factory=list)
+    rows: Sequence[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.plans:
+            raise ValueError("RowPlans needs at least one plan")
+        bad = [p for p in self.rows if not 0 <= p < len(self.plans)]
+        if bad:
+            raise ValueError(
+                f"rows name plans {sorted(set(bad))}, but there are {len(self.plans)} plans "
+                f"(0..{len(self.plans) - 1})"
+            )
+        self._all = torch.tensor(list(self.rows), dtype=torch.long)
+        self._current: Int[Tensor, " row"] = self._all
+
+    def select(self, rows: Sequence[int]) -> None:
+        """The batch now holds these of the original rows, in this order."""
+        self._current = self._all[torch.tensor(list(rows), dtype=torch.long)]
+
+    def install(self, model: Model, tree: nn.Module) -> list[RemovableHandle]:
+        per_module: dict[str, list[HookTerms | None]] = {}
+        for p, edits in enumerate(self.plans):
+            for e in edits:
+                slots = per_module.setdefault(e.module, [None] * len(self.plans))
+                if slots[p] is not None:
+                    raise ValueError(f"plan {p} edits {e.module} twice: merge its edits first")
+                slots[p] = hook_terms(model, e)
+        return [
+            get_path(tree, name).register_forward_hook(self._hook(_stack(name, slots)))
+            for name, slots in per_module.items()
+        ]
+
+    def _hook(self, t: _ModuleTerms):
+        def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+            nonlocal t
+            if t.r.device != out.device:  # once: the terms move to the activations' device
+                t = _ModuleTerms(
+                    *(None if v is None else v.to(out.device) for v in vars(t).values())
+                )
+            if out.shape[0] != len(self._current):
+                raise ValueError(
+                    f"a forward pass over {out.shape[0]} rows, but RowPlans holds "
+                    f"{len(self._current)}: call select with the rows the batch holds"
+                )
+            x = out.double()  # float64, as PlanHooks and the weight engine
+            idx = self._current.to(x.device)
+            shape = (len(idx),) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+            r, n, m = (v[idx].view(shape) for v in (t.r, t.n, t.m))
+            w = t.w[idx].view(shape[:-1] + (1,))
+            b = None if t.kept is None else t.kept.to(x)
+            y = (x if b is None else x - b) / n
+            new = (y - w * (y * r).sum(-1, keepdim=True) * r) * (n / m)
+            return (new if b is None else new + b).to(out.dtype)
+
+        return post
+
+
+def _stack(name: str, slots: list[HookTerms | None]) -> _ModuleTerms:
+    """The plans' terms for one module as tensors indexed by plan."""
+    present = [t for t in slots if t is not None]
+    if len({t.kept is None for t in present}) > 1:
+        raise ValueError(
+            f"{name}: some plans edit its bias and some keep it; plan them all with the same bias"
+        )
+    d = present[0].r.shape[-1]
+    ones = torch.ones(d, dtype=torch.float64)
+    r, w, n, m = [], [], [], []
+    for t in slots:
+        if t is None:  # this plan leaves the module alone: the identity
+            r.append(torch.zeros(d, dtype=torch.float64))
+            w.append(0.0)
+            n.append(ones)
+            m.append(ones)
+            continue
+        r.append(t.r.cpu())
+        w.append(t.w)
+        norms = t.norms if t.norms is not None else (ones, ones)
+        n.append(norms[0].double().cpu())
+        m.append(norms[1].double().cpu())
+    return _ModuleTerms(
+        torch.stack(r),
+        torch.tensor(w, dtype=torch.float64),
+        torch.stack(n),
+        torch.stack(m),
+        present[0].kept,
+    )
