@@ -162,11 +162,8 @@ def presets(args: argparse.Namespace) -> list[str]:
     import pandas as pd
 
     import thinklens as tl
-    from thinklens.analyses.abliteration.metrics import (
-        AbliterationMetrics,
-        gsm8k_accuracy,
-        load_gsm8k,
-    )
+    from thinklens.analyses.abliteration.gsm8k import gsm8k_accuracy, load_gsm8k
+    from thinklens.analyses.abliteration.metrics import AbliterationMetrics
     from thinklens.analyses.abliteration.search import search
     from thinklens.data import bundled_prompts
     from thinklens.interventions.abliteration.directions import compute_directions

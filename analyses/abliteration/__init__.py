@@ -10,12 +10,8 @@ from thinklens.analyses.abliteration.config import (
     AbliterationExportConfig,
     AbliterationSearchConfig,
 )
-from thinklens.analyses.abliteration.metrics import (
-    AbliterationMetrics,
-    count_refusals,
-    gsm8k_accuracy,
-    load_gsm8k,
-)
+from thinklens.analyses.abliteration.gsm8k import gsm8k_accuracy, load_gsm8k
+from thinklens.analyses.abliteration.metrics import AbliterationMetrics, count_refusals
 from thinklens.analyses.abliteration.objectives import (
     REFUSAL_OBJECTIVES,
     RefusalCounter,

@@ -7,12 +7,8 @@ import json
 import pytest
 import torch
 
-from thinklens.analyses.abliteration.metrics import (
-    AbliterationMetrics,
-    extract_number,
-    gsm8k_accuracy,
-    load_gsm8k,
-)
+from thinklens.analyses.abliteration.gsm8k import extract_number, gsm8k_accuracy, load_gsm8k
+from thinklens.analyses.abliteration.metrics import AbliterationMetrics
 from thinklens.analyses.abliteration.search import search
 from thinklens.data import bundled_prompts
 from thinklens.interventions.abliteration.directions import compute_directions

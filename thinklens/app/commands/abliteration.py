@@ -241,7 +241,7 @@ def _evaluate(cfg: AbliterationEvaluateConfig) -> None:
     if edited is not None:
         rows["edited"] = metrics(edited)
     if cfg.gsm8k:
-        from thinklens.analyses.abliteration.metrics import gsm8k_accuracy, load_gsm8k
+        from thinklens.analyses.abliteration.gsm8k import gsm8k_accuracy, load_gsm8k
 
         items = load_gsm8k(cfg.gsm8k, n=cfg.n_gsm8k)
         for name, m in [("base", base), ("edited", edited)]:
