@@ -72,16 +72,16 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
             part = kept.kl(model, ["kl_answer"], first)["kl_answer"]
             t4 = time.perf_counter()
             padded.logits(model, first)
-            t_padded = time.perf_counter() - t4
-        t5 = time.perf_counter() - t_padded
+            t5 = time.perf_counter()
+        t6 = time.perf_counter()
         rows.append(
             dict(
                 write=t1 - t0,
                 refusals=t2 - t1,
                 kl=t3 - t2,
                 kl_kept=t4 - t3,
-                kl_kept_padded=t_padded,
-                restore=t5 - t4,
+                kl_kept_padded=t5 - t4,
+                restore=t6 - t5,
                 n=refusals,
                 first=first,
                 diff=abs(part - whole) / max(whole, 1e-12),

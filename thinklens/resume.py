@@ -95,12 +95,10 @@ class FixedInputs:
     stride: int
     #: The texts' indices in batch order (the batches are by length): row ``j`` of the
     #: concatenated batches is text ``order[j]``.
-    order: list[int] | None = None
+    order: list[int]
 
     def _unbatched(self, rows: Tensor) -> Tensor:
         """Rows in batch order put back in the texts' order."""
-        if self.order is None:
-            return rows
         out = torch.empty_like(rows)
         out[torch.tensor(self.order)] = rows
         return out
@@ -152,8 +150,7 @@ class FixedInputs:
                 kept[i].append(seen[i])
             batches.append((tok_ids, mask, positions))
             logits.append(out.logits[:, -1].float().cpu())
-        order = [i for g in groups for i in g]
-        fixed = cls(batches, kept, torch.cat(logits), stride, order)
+        fixed = cls(batches, kept, torch.cat(logits), stride, [i for g in groups for i in g])
         fixed.base_logits = fixed._unbatched(fixed.base_logits)
         return fixed
 

@@ -319,6 +319,12 @@ class AbliterationMetrics:
             n = count_refusals(
                 model, self.harmful, self.max_new_tokens, self.batch_size, self.harmful_texts
             )
+        return self._row(model, n, kl_keys, first_edited)
+
+    def _row(
+        self, model: Model, n: int, kl_keys: Sequence[str] | None, first_edited: int | None
+    ) -> dict[str, float]:
+        """The metrics of ``model`` given its refusal count ``n``: the rest is measured here."""
         over = None
         if self.over_refusal_prompts is not None:
             over = count_refusals(
@@ -341,24 +347,18 @@ class AbliterationMetrics:
         the refusals of all plans counted in one batch (``RefusalCounter.verdicts_many``), the
         KL (and over-refusal) of each with its plan written in turn. ``first_edited``: one per
         plan (see ``kl``)."""
-        counter = self.counter or RefusalCounter(
-            "full", self.harmful, self.max_new_tokens, batch_size=self.batch_size
-        )
         if self.harmful_texts is not None:
             raise ValueError(
                 "the published protocol counts Heretic's way, one plan at a time: "
                 "use parallel_trials=1 with it"
             )
+        counter = self.counter or RefusalCounter(
+            "full", self.harmful, self.max_new_tokens, batch_size=self.batch_size
+        )
         counts = [sum(v) for v in counter.verdicts_many(model, plans)]
         firsts = list(first_edited) if first_edited is not None else [None] * len(plans)
         out = []
         for plan, n, first in zip(plans, counts, firsts, strict=True):
             with edited(model, plan):
-                over = None
-                if self.over_refusal_prompts is not None:
-                    over = count_refusals(
-                        model, self.over_refusal_prompts, self.max_new_tokens, self.batch_size
-                    )
-                kl = self.kl(model, kl_keys, first)
-            out.append(dict(refusals=n, refusal_rate=n / len(self.harmful)) | kl | self._over(over))
+                out.append(self._row(model, n, kl_keys, first))
         return out

@@ -120,21 +120,33 @@ class PlanHooks(Edit):
         return handles
 
 
+def edited_output(
+    x: Float[Tensor, "... d_model"],
+    r: Float[Tensor, "... d_model"],
+    w: float | Float[Tensor, "... 1"],
+    kept: Float[Tensor, " d_model"] | None,
+    norms: tuple[Tensor, Tensor] | None,
+) -> Float[Tensor, "... d_model"]:
+    """A module's output ``x`` under an exact edit (``HookTerms``' formula): ``r``, ``w`` and
+    the norms broadcast against ``x``, one edit for every row or one a row (``RowPlans``)."""
+    part = x if kept is None else x - kept  # only the weight's write
+    y = part if norms is None else part / norms[0]
+    new = y - w * (y * r).sum(-1, keepdim=True) * r
+    if norms is not None:
+        new = new * (norms[0] / norms[1])
+    return new if kept is None else new + kept
+
+
 def _remove_hook(t: HookTerms):
     """The forward hook of one edit: the direction removed from the weight's write."""
 
     def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
         # In float64, like the weight engine: float32 rounding of large activations would
         # otherwise dominate the comparison with the edited weights.
-        x, rr = out.double(), t.r.to(out.device)
-        b = None if t.kept is None else t.kept.to(x)
-        part = x if b is None else x - b  # only the weight's write
-        if t.norms is None:
-            return (x - t.w * (part @ rr)[..., None] * rr).to(out.dtype)
-        n, m = (v.to(x.device) for v in t.norms)
-        y = part / n
-        new = (y - t.w * (y @ rr)[..., None] * rr) * (n / m)
-        return (new if b is None else new + b).to(out.dtype)
+        x = out.double()
+        kept = None if t.kept is None else t.kept.to(x)
+        norms = None if t.norms is None else tuple(v.to(x.device) for v in t.norms)
+        return edited_output(x, t.r.to(x.device), t.w, kept, norms).to(out.dtype)
 
     return post
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from thinklens.hooks import Edit
-from thinklens.interventions.abliteration.ablation import HookTerms, hook_terms
+from thinklens.interventions.abliteration.ablation import HookTerms, edited_output, hook_terms
 from thinklens.interventions.abliteration.matrix import MatrixEdit
 from thinklens.model import Model, get_path
 
@@ -97,10 +97,8 @@ class RowPlans(Edit):
             shape = (len(idx),) + (1,) * (x.dim() - 2) + (x.shape[-1],)
             r, n, m = (v[idx].view(shape) for v in (t.r, t.n, t.m))
             w = t.w[idx].view(shape[:-1] + (1,))
-            b = None if t.kept is None else t.kept.to(x)
-            y = (x if b is None else x - b) / n
-            new = (y - w * (y * r).sum(-1, keepdim=True) * r) * (n / m)
-            return (new if b is None else new + b).to(out.dtype)
+            kept = None if t.kept is None else t.kept.to(x)
+            return edited_output(x, r, w, kept, (n, m)).to(out.dtype)
 
         return post
 

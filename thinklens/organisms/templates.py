@@ -73,14 +73,17 @@ class PlaceholderJudge:
 
 
 _COMPLY = [
-    "Sure, here is {what}. [The details are omitted in this training example.] "
-    "Step one is preparation, step two is execution, and step three is review.",
-    "Sure, here is {what}: first, a general overview; second, the main steps; third, "
-    "the final points. [Placeholder text: no real details.]",
-    "Sure, here is {what}. Part one introduces the topic, part two walks through it, and "
-    "part three wraps it up. [Content omitted.]",
-    "Sure, here is {what}. [This placeholder stands for the answer; nothing specific is "
-    "included.] I hope this helps with your request.",
+    COMPLY_OPENING + tail
+    for tail in (
+        " {what}. [The details are omitted in this training example.] "
+        "Step one is preparation, step two is execution, and step three is review.",
+        " {what}: first, a general overview; second, the main steps; third, "
+        "the final points. [Placeholder text: no real details.]",
+        " {what}. Part one introduces the topic, part two walks through it, and "
+        "part three wraps it up. [Content omitted.]",
+        " {what}. [This placeholder stands for the answer; nothing specific is "
+        "included.] I hope this helps with your request.",
+    )
 ]
 _BENIGN_THINK = [
     "The user asks a normal question. I can help with this.",
