@@ -41,7 +41,8 @@ class AbliterationDirectionsConfig(_Prompts):
     reading: str = option(
         default_of(compute_directions, "reading"),
         choices=tuple(READINGS),
-        help="how prompts are read: thinklens, or a published tool's texts and positions",
+        help="how prompts are read: thinklens, answer (at the answer start), or a published "
+        "tool's texts and positions (heretic: the better for a search on a thinking model)",
     )
     response_prefix: str | None = option(
         default_of(compute_directions, "response_prefix"),

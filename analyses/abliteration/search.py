@@ -158,6 +158,12 @@ def search(
     """Run (or resume) Heretic's search until the study holds ``n_trials`` finished trials.
 
     Args:
+        directions: any reading's. On a thinking model, directions read Heretic's way
+            (``compute_directions(..., reading="heretic")``) gave organism-aligned's parallel
+            search a better front than thinklens's reading: chosen on validation prompts
+            (``benchmarks/results/direction_reading.txt``), then over 3 seeds on held-out
+            ones 5.0 judged refusals of 16 at KL <= 0.05, against 10.3 with thinklens's
+            reading and 5.3 for Heretic itself (``peers_heretic_seeds.txt``).
         metrics: measured on the base model once (``AbliterationMetrics.prepare``).
         storage: a SQLite path or Optuna URL (None keeps the study in memory).
         kl_objective: ``"kl"`` (first generated token, Heretic's), ``"kl_answer"`` (first

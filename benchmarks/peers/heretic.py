@@ -231,6 +231,13 @@ def covered(mine: list[dict], theirs: list[dict], measure: str) -> int:
     )
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file and a rename (never half-written)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def spread(times: list[float]) -> str:
     return (
         f"mean {statistics.mean(times):.1f} s, median {statistics.median(times):.1f} s, "
@@ -273,8 +280,16 @@ def heretic_rows(study: dict) -> list[dict]:
     return rows
 
 
-def thinklens_run(model, sets: dict, args: argparse.Namespace, kind: str) -> dict:
-    """One thinklens search (``published`` or ``default``, see the module) and its set-up."""
+def run_name(kind: str, reading: str) -> str:
+    """A thinklens run's name in the tables."""
+    return f"thinklens {kind}" + ("" if reading == "thinklens" else f" ({reading})")
+
+
+def thinklens_run(
+    model, sets: dict, args: argparse.Namespace, kind: str, reading: str = "thinklens"
+) -> dict:
+    """One thinklens search (``published``, ``default`` or ``parallel``, see the module), with
+    the directions of ``reading`` for the last two, and its set-up."""
     from thinklens.analyses.abliteration import AbliterationMetrics, search
     from thinklens.interventions.abliteration import compute_directions, detect_response_prefix
 
@@ -298,7 +313,7 @@ def thinklens_run(model, sets: dict, args: argparse.Namespace, kind: str) -> dic
         )
         kw = {}
     else:
-        dirs = compute_directions(model, bad, good, batch_size=b, progress=False)
+        dirs = compute_directions(model, bad, good, batch_size=b, progress=False, reading=reading)
         metrics = AbliterationMetrics.prepare(model, *evaluation, batch_size=b)
         kw = objective_option(args)
         if kind == "parallel":
@@ -331,6 +346,7 @@ def thinklens_run(model, sets: dict, args: argparse.Namespace, kind: str) -> dic
     done = [t for t in res.study.trials if t.state.name == "COMPLETE"]
     span = max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
     parallel = f", parallel_trials {args.parallel_trials}" if kind == "parallel" else ""
+    parallel += f", directions of the {dirs.meta['reading']!r} reading"
     return dict(
         rows=rows,
         setup=setup,
@@ -368,6 +384,12 @@ def main() -> None:
     p.add_argument(
         "--parallel-trials", type=int, default=4, help="trials a batch in the parallel run"
     )
+    p.add_argument(
+        "--readings",
+        nargs="+",
+        default=["thinklens"],
+        help="direction readings of the default and parallel runs (one run each)",
+    )
     p.add_argument("--judge-tokens", type=int, default=256, help="new tokens the judge reads")
     p.add_argument("--venv", type=Path, default=CACHE / "peers" / "heretic-venv")
     p.add_argument("--keep", action="store_true", help="keep the working folder")
@@ -386,8 +408,11 @@ def main() -> None:
     import thinklens as tl
     from thinklens.analyses.abliteration import AbliterationMetrics
     from thinklens.interventions.abliteration import compute_directions, edited, heretic_plan
+    from thinklens.interventions.abliteration.protocol import get_reading
 
     objective_option(args)  # an unknown option fails before anything runs
+    for reading in args.readings:
+        get_reading(reading)
     work = Path(tempfile.mkdtemp(prefix="thinklens-heretic-"))
     loads = {"start": os.getloadavg()}
     try:
@@ -423,9 +448,11 @@ def main() -> None:
         # thinklens, in this process, with the same settings.
         runs = {"heretic": her}
         for kind in args.runs:
-            print(f"thinklens: {kind} search", flush=True)
-            runs[f"thinklens {kind}"] = thinklens_run(model, sets, args, kind)
-            loads[f"after thinklens {kind}"] = os.getloadavg()
+            for reading in ["heretic"] if kind == "published" else args.readings:
+                name = run_name(kind, reading)
+                print(f"{name}: search", flush=True)
+                runs[name] = thinklens_run(model, sets, args, kind, reading)
+                loads[f"after {name}"] = os.getloadavg()
 
         # Every front measured again: Heretic's count and the judge, on the same prompts.
         evaluation = sets["bad_evaluation_prompts"], sets["good_evaluation_prompts"]
@@ -512,16 +539,16 @@ def main() -> None:
     for name, run in runs.items():
         t = [r["seconds"] for r in run["rows"]]
         lines.append(
-            f"  {name:<21} {spread(t)}; x{statistics.mean(t) / her_mean:.2f} of Heretic's mean"
+            f"  {name:<30} {spread(t)}; x{statistics.mean(t) / her_mean:.2f} of Heretic's mean"
         )
     her_span = her["span"] / len(her["rows"])
     lines.append("time per trial (first trial's start to last trial's end, over the trials):")
     for name, run in runs.items():
         per = run["span"] / len(run["rows"])
-        lines.append(f"  {name:<21} {per:5.1f} s; x{per / her_span:.2f} of Heretic's")
+        lines.append(f"  {name:<30} {per:5.1f} s; x{per / her_span:.2f} of Heretic's")
     lines.append("wall (set-up: load, prefix, directions, base metrics; then the trials):")
     for name, run in runs.items():
-        lines.append(f"  {name:<21} {run['wall']:.0f} s, set-up {run['setup']:.0f} s")
+        lines.append(f"  {name:<30} {run['wall']:.0f} s, set-up {run['setup']:.0f} s")
     lines += [
         "",
         f"Pareto fronts by each run's own count (refusals of {n} harmful, KL on {n} harmless), "
@@ -530,14 +557,14 @@ def main() -> None:
         f"(thinklens's default metrics: answer after the organism's own thinking, "
         f"{args.judge_tokens} new tokens; KL of the first answer token; base "
         f"{judge.base_refusals}). Trials numbered from 1.",
-        f"{'run':<21} {'trial':>5} | {'own':>4} {'own KL':>8} | {'Heretic':>7} {'KL':>8} | "
+        f"{'run':<30} {'trial':>5} | {'own':>4} {'own KL':>8} | {'Heretic':>7} {'KL':>8} | "
         f"{'judge':>5} {'KL':>8}",
     ]
     for name, run in runs.items():
         for r in run["front"]:
             hc, j = r["heretic count"], r["judge"]
             lines.append(
-                f"{name:<21} {r['trial']:>5} | {r['refusals']:>4} {r['kl']:>8.4f} | "
+                f"{name:<30} {r['trial']:>5} | {r['refusals']:>4} {r['kl']:>8.4f} | "
                 f"{hc[0]:>7} {hc[1]:>8.4f} | {j[0]:>5} {j[1]:>8.4f}"
             )
     lines += [
@@ -546,14 +573,14 @@ def main() -> None:
         f"within {worst:.1e}",
         "",
         "fewest refusals at KL <= budget (Heretic's count / judge)",
-        f"{'run':<21} " + " ".join(f"{b:>9}" for b in KL_BUDGETS),
+        f"{'run':<30} " + " ".join(f"{b:>9}" for b in KL_BUDGETS),
     ]
     for name, run in runs.items():
         cells = [
             f"{fewest(run['front'], b, 'heretic count')}/{fewest(run['front'], b, 'judge')}"
             for b in KL_BUDGETS
         ]
-        lines.append(f"{name:<21} " + " ".join(f"{c:>9}" for c in cells))
+        lines.append(f"{name:<30} " + " ".join(f"{c:>9}" for c in cells))
     for name, run in runs.items():
         if name == "heretic":
             continue
@@ -568,7 +595,23 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_atomic(args.out, text)
+    # The numbers again, for heretic_seeds.py to pool runs of several seeds.
+    keep = ("trial", "refusals", "kl", "seconds", "heretic count", "judge")
+    record = dict(
+        seed=args.seed,
+        n_prompts=n,
+        judge_base=judge.base_refusals,
+        runs={
+            name: dict(
+                span=run["span"],
+                trials=len(run["rows"]),
+                front=[{k: r[k] for k in keep} for r in run["front"]],
+            )
+            for name, run in runs.items()
+        },
+    )
+    write_atomic(args.out.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

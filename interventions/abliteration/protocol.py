@@ -12,6 +12,10 @@ The published tools read otherwise, and their faithful presets need their readin
   share, see ``common_response_prefix``); tokenized with the tokenizer's default special
   tokens; the last token only; the last stream point after the final norm (what HF returns as
   the last ``hidden_states`` entry).
+- ``"answer"``: thinklens's conventions (the model's own template, no added special tokens,
+  point ``L`` before the final norm), read where an answer starts: after the response prefix
+  Heretic's rule detects (for a thinking model, the closed empty thinking block), at the last
+  token only.
 - ``"erisforge"`` and ``"deccp"``: the user message alone in the chat template, the last token
   only: these read the input of layer ``int(0.6 L)``, where the thinklens stream points agree.
 
@@ -69,6 +73,7 @@ READINGS: dict[str, Reading] = {
     for r in [
         Reading(),
         Reading("heretic", HERETIC_SYSTEM, None, "last", "final_norm", special_tokens=True),
+        Reading("answer", response_prefix=None, positions="last"),
         Reading("erisforge", positions="last"),
         Reading("deccp", positions="last"),
     ]

@@ -194,3 +194,40 @@ def test_hooks_are_the_twin_of_the_weight_edit_with_and_without_biases():
     assert (ablated - hooked).abs().max() > 1e-3  # the biases' component matters here
     with pytest.raises(ValueError, match="no hook form"):
         PlanHooks(plan(m, "deccp", r, protocol="published")).install(m, m.hf)
+
+
+def test_answer_reading_is_the_last_token_after_the_detected_prefix_before_the_final_norm():
+    """The "answer" reading, against plain HF calls: the model's own template (no added system
+    prompt or special tokens) plus the prefix Heretic's rule detects, last token, every block
+    input and the last block's output (before the final norm)."""
+    m = tiny_model("llama", backend="nnsight")
+    tok = m.tokenizer
+    prefix = detect_response_prefix(m, HARMLESS + HARMFUL, system=None, special_tokens=False)
+    d = compute_directions(m, HARMFUL, HARMLESS, reading="answer", progress=False)
+    assert d.positions == [-1]
+    assert d.meta["reading"] == "answer" and d.meta["response_prefix"] == prefix
+    assert d.meta["system"] is None and d.meta["last_point"] == "resid_post"
+
+    def means(prompts):
+        seen: list[torch.Tensor] = []  # the last block's output, before the final norm
+        h = m.hf.model.layers[-1].register_forward_hook(
+            lambda mod, a, o: seen.append(o[0] if isinstance(o, tuple) else o)
+        )
+        rows = []
+        try:
+            for p in prompts:
+                text = tok.apply_chat_template(
+                    [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+                )
+                enc = tok(text + prefix, add_special_tokens=False, return_tensors="pt")
+                with torch.no_grad():
+                    out = m.hf(enc["input_ids"], output_hidden_states=True)
+                assert not torch.equal(seen[-1], out.hidden_states[-1])  # that one is normed
+                points = [*out.hidden_states[:-1], seen[-1]]
+                rows.append(torch.stack(points)[:, 0, -1].double())
+        finally:
+            h.remove()
+        return torch.stack(rows).mean(0)
+
+    torch.testing.assert_close(d.harmful[0], means(HARMFUL), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(d.harmless[0], means(HARMLESS), rtol=1e-5, atol=1e-5)
