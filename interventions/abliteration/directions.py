@@ -232,9 +232,9 @@ def compute_directions(
             tokens; None takes the reading's.
         winsorize_quantile: clamp each prompt's activation vector at this quantile of its
             absolute components before averaging (Heretic's option; None is off).
-        reading: ``"thinklens"``, or a published tool's (``"heretic"``, ``"erisforge"``,
-            ``"deccp"``, see ``protocol``): system prompt, response prefix, positions, and
-            whether point ``L`` is read after the final norm.
+        reading: ``"thinklens"``, ``"answer"`` (at the answer start), or a published tool's
+            (``"heretic"``, ``"erisforge"``, ``"deccp"``, see ``protocol``): system prompt,
+            response prefix, positions, and whether point ``L`` is read after the final norm.
         response_prefix: the prefix of a reading that detects one (Heretic's), given instead
             of detected on the first 100 harmless and 100 harmful prompts.
     """
