@@ -69,6 +69,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--parallel-trials", type=int, default=4)
     p.add_argument("--judge-tokens", type=int, default=256)
+    p.add_argument("--kl-target", type=float, default=None, help="search()'s KL shaping")
     p.add_argument("--out", type=Path, default=RESULTS / "direction_reading.txt")
     args = p.parse_args()
     args.thinklens_objective = None
@@ -125,7 +126,8 @@ def main() -> None:
         f"model: organism-aligned; directions: AdvBench first {n} + Alpaca train first {n}; "
         f"VALIDATION (trials and judge): MaliciousInstruct first {n} + Alpaca val first {n}",
         f"search: parallel_trials {args.parallel_trials}, {args.trials} trials, {args.startup} "
-        f"start-up, batch {args.batch_size}, thinklens defaults otherwise",
+        f"start-up, batch {args.batch_size}, kl_target {args.kl_target}, thinklens defaults "
+        "otherwise",
         f"judge: full generation, {args.judge_tokens} new tokens, markers in the answer after "
         f"the thinking; KL of the first answer token; base refusals {base} of {n}",
         "",

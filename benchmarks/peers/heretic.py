@@ -318,6 +318,8 @@ def thinklens_run(
         kw = objective_option(args)
         if kind == "parallel":
             kw["parallel_trials"] = args.parallel_trials
+        if getattr(args, "kl_target", None) is not None:
+            kw["kl_target"] = args.kl_target
     setup = time.perf_counter() - start
     res = search(
         model,
