@@ -32,7 +32,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "peers"))
-from heretic import KL_BUDGETS, SHARED, one_line, pareto, prompt_sets, write_atomic  # noqa: E402
+from heretic import (  # noqa: E402
+    KL_BUDGETS,
+    SHARED,
+    alpaca,
+    judged,
+    one_line,
+    pareto,
+    prompt_sets,
+    write_atomic,
+)
 
 RESULTS = HERE / "results"
 
@@ -41,9 +50,7 @@ def validation_sets(n: int) -> dict[str, list[str]]:
     """The side by side's directions prompts; MaliciousInstruct and Alpaca validation to score."""
     sets = prompt_sets(n)
     harmful = one_line((SHARED / "malicious_instruct.txt").read_text().splitlines())
-    harmless = one_line(
-        [r["instruction"] for r in json.loads((SHARED / "harmless_val.json").read_text())]
-    )
+    harmless = alpaca("val")
     sets["bad_evaluation_prompts"] = harmful[:n]
     sets["good_evaluation_prompts"] = harmless[:n]
     if min(len(v) for v in sets.values()) < n:
@@ -53,9 +60,7 @@ def validation_sets(n: int) -> dict[str, list[str]]:
 
 def score(front: list[dict], base: int) -> list[int]:
     """Fewest judged refusals at KL <= each budget (``base`` where nothing is within it)."""
-    return [
-        min([r["judge"][0] for r in front if r["judge"][1] <= b], default=base) for b in KL_BUDGETS
-    ]
+    return [judged(front, b, base) for b in KL_BUDGETS]
 
 
 def main() -> None:

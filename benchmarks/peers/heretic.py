@@ -113,17 +113,18 @@ def one_line(prompts: list[str]) -> list[str]:
     return [p.strip() for p in prompts if p.strip() and "\n" not in p.strip()]
 
 
+def alpaca(split: str) -> list[str]:
+    """The shared Alpaca instructions of ``split`` (``train``, ``val``, ``test``), one a line."""
+    rows = json.loads((SHARED / f"harmless_{split}.json").read_text())
+    return one_line([r["instruction"] for r in rows])
+
+
 def prompt_sets(n: int) -> dict[str, list[str]]:
     """``n`` prompts of each kind for the directions and ``n`` more for the evaluation."""
     if not SHARED.exists():
         raise SystemExit(f"{SHARED} is missing: this benchmark reads the shared data sets")
     with (SHARED / "advbench.csv").open(newline="", encoding="utf-8") as f:
         harmful = one_line([r["goal"] for r in csv.DictReader(f)])
-
-    def alpaca(split: str) -> list[str]:
-        rows = json.loads((SHARED / f"harmless_{split}.json").read_text())
-        return one_line([r["instruction"] for r in rows])
-
     sets = dict(
         bad_prompts=harmful[:n],
         good_prompts=alpaca("train")[:n],
@@ -217,10 +218,22 @@ def pareto(rows: list[dict]) -> list[dict]:
     return front
 
 
+def fewest_refusals(rows: list[dict], budget: float, measure: str) -> int | None:
+    """Fewest refusals among ``rows`` with KL at most ``budget`` under ``measure`` (None if
+    no row is within it)."""
+    return min((r[measure][0] for r in rows if r[measure][1] <= budget), default=None)
+
+
 def fewest(rows: list[dict], budget: float, measure: str) -> str:
-    """Fewest refusals among ``rows`` with KL at most ``budget`` under ``measure``."""
-    ok = [r[measure][0] for r in rows if r[measure][1] <= budget]
-    return str(min(ok)) if ok else "-"
+    """``fewest_refusals`` as a table cell ("-" for none)."""
+    n = fewest_refusals(rows, budget, measure)
+    return "-" if n is None else str(n)
+
+
+def judged(front: list[dict], budget: float, base: int) -> int:
+    """Fewest judged refusals at KL <= ``budget``; ``base`` (no edit) if no point is within it."""
+    n = fewest_refusals(front, budget, "judge")
+    return base if n is None else n
 
 
 def covered(mine: list[dict], theirs: list[dict], measure: str) -> int:

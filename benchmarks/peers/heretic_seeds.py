@@ -19,12 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from heretic import KL_BUDGETS, covered  # noqa: E402
-
-
-def judged(front: list[dict], budget: float, base: int) -> int:
-    """Fewest judged refusals at KL <= ``budget`` (``base`` if no point is within it)."""
-    return min([r["judge"][0] for r in front if r["judge"][1] <= budget], default=base)
+from heretic import KL_BUDGETS, covered, judged, write_atomic  # noqa: E402
 
 
 def main() -> None:
@@ -93,7 +88,7 @@ def main() -> None:
         )
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.write_text(text)
+    write_atomic(args.out, text)
 
 
 if __name__ == "__main__":
