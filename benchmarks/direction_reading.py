@@ -75,6 +75,9 @@ def main() -> None:
     p.add_argument("--parallel-trials", type=int, default=4)
     p.add_argument("--judge-tokens", type=int, default=256)
     p.add_argument("--kl-target", type=float, default=None, help="search()'s KL shaping")
+    p.add_argument(
+        "--space", choices=["thinklens", "published"], default=None, help="search()'s space"
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "direction_reading.txt")
     args = p.parse_args()
     args.thinklens_objective = None
@@ -131,8 +134,8 @@ def main() -> None:
         f"model: organism-aligned; directions: AdvBench first {n} + Alpaca train first {n}; "
         f"VALIDATION (trials and judge): MaliciousInstruct first {n} + Alpaca val first {n}",
         f"search: parallel_trials {args.parallel_trials}, {args.trials} trials, {args.startup} "
-        f"start-up, batch {args.batch_size}, kl_target {args.kl_target}, thinklens defaults "
-        "otherwise",
+        f"start-up, batch {args.batch_size}, kl_target {args.kl_target}, space "
+        f"{args.space or 'thinklens'}, thinklens defaults otherwise",
         f"judge: full generation, {args.judge_tokens} new tokens, markers in the answer after "
         f"the thinking; KL of the first answer token; base refusals {base} of {n}",
         "",
@@ -163,7 +166,9 @@ def main() -> None:
     lines += [f"  {r:<10} {m:.2f}" for r, m in means.items()]
     best = min(means, key=lambda r: (means[r], r != "thinklens"))
     lines += [
-        f"chosen on validation: {best!r}",
+        f"chosen on validation: {best!r}"
+        if len(means) > 1
+        else "one reading: compare its score with another run's (direction_reading.txt)",
         "",
         f"benchmark wall time {time.perf_counter() - started:.0f} s (this invocation)",
     ]

@@ -2,9 +2,11 @@
 
 1. A refusal probe is trained on the organism's behaviour (published recipe: refused harmful vs
    benign, last layer after the final norm).
-2. The candidate pool: AdvBench and bundled harmful prompts, half of them framed as fiction,
-   role-play or research (which the organism complies with), the organism's own greedy
-   thinking, and a refusal template as the safe response.
+2. The candidate pool: AdvBench and bundled harmful prompts, a share of them (``--framed-share``,
+   half by default) framed as fiction, role-play or research (which the organism complies
+   with), the organism's own greedy thinking, and a refusal template as the safe response.
+   The published setting's pool is mostly requests the model already refuses (its base ASR
+   0.19-0.235 on AdvBench): ``--framed-share 0.2`` gives such a pool.
 3. Every candidate is scored (cliff, and the published last-position proxy).
 4. For each share of the pool, each method selects the same number of candidates, a LoRA
    repair is trained on them, and the repaired model's ASR (framed JailbreakBench prompts no
@@ -64,13 +66,17 @@ def probe_for(model, cache: Path):
     return probe
 
 
-def pool_for(model, n: int, max_new_tokens: int, cache: Path) -> pd.DataFrame:
-    """AdvBench and bundled harmful prompts, half framed, with the model's own thinking."""
+def pool_for(
+    model, n: int, max_new_tokens: int, cache: Path, framed_share: float = 0.5
+) -> pd.DataFrame:
+    """AdvBench and bundled harmful prompts (a quarter bundled), ``framed_share`` of each set
+    framed, with the model's own thinking."""
     from thinklens.analyses.judge.pool import build_pool
     from thinklens.data import bundled_prompts, frame_all
     from thinklens.tables import read_table, write_table
 
-    path = cache / f"pool-{model.fingerprint()}-{n}-{max_new_tokens}.parquet"
+    share = "" if framed_share == 0.5 else f"-framed{framed_share:g}"
+    path = cache / f"pool-{model.fingerprint()}-{n}-{max_new_tokens}{share}.parquet"
     if path.exists():
         return read_table(path)
     n_bundled = n // 4
@@ -78,8 +84,9 @@ def pool_for(model, n: int, max_new_tokens: int, cache: Path) -> pd.DataFrame:
     bundled = bundled_prompts("harmful", "all")[: n_bundled // 2 * 2]
     parts = []
     for name, prompts in (("advbench", adv), ("bundled", bundled)):
-        half = len(prompts) // 2
-        for kind, ps in (("plain", prompts[:half]), ("framed", frame_all(prompts[half:], 3))):
+        plain = len(prompts) - round(len(prompts) * framed_share)
+        framed = frame_all(prompts[plain:], 3)
+        for kind, ps in (("plain", prompts[:plain]), ("framed", framed)):
             parts.append(
                 build_pool(model, ps, source=f"{name}-{kind}", max_new_tokens=max_new_tokens)
             )
@@ -122,6 +129,13 @@ def eval_prompts(pool: pd.DataFrame, n_harmful: int, n_harmless: int, split: str
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pool-size", type=int, default=320)
+    p.add_argument(
+        "--framed-share",
+        type=float,
+        default=0.5,
+        help="share of the pool framed (the organism complies with those); 0.2 gives the "
+        "published setting's pool, mostly requests the model already refuses",
+    )
     p.add_argument("--fractions", default="0.05,0.125")
     p.add_argument("--methods", default="cliff,proxy,random,rule")
     p.add_argument(
@@ -160,7 +174,9 @@ def main() -> None:
     start = time.time()
     model = tl.load_model(MODEL)
     probe = probe_for(model, cache)
-    pool = pool_for(model, args.pool_size, 128, cache)
+    if not 0 < args.framed_share < 1:
+        sys.exit(f"--framed-share {args.framed_share}: give a share between 0 and 1")
+    pool = pool_for(model, args.pool_size, 128, cache, args.framed_share)
     scored = score_pool(model, probe, pool, k=8)
     harmful, harmless = eval_prompts(pool, args.n_harmful, args.n_harmless, args.split)
     xstest = SHARED / "xstest_prompts.csv"
@@ -200,7 +216,8 @@ def main() -> None:
             f"# Cliff-as-a-Judge repair on {MODEL}, {datetime.date.today()}, "
             f"{args.threads} threads, {(time.time() - start) / 60:.0f} min",
             f"# probe: layer {probe.layer}, val AUROC {probe.metrics.get('val_auroc', 0):.3f}",
-            f"# pool: {len(scored)} candidates; ASR on {len(harmful)} framed {where} "
+            f"# pool: {len(scored)} candidates, framed share {args.framed_share:g}; ASR on "
+            f"{len(harmful)} framed {where} "
             f"prompts, harmless refusal on {len(harmless)} Alpaca {args.split} prompts; greedy, "
             f"{args.max_new_tokens} new tokens; LoRA rank 8, {args.epochs} epochs, lr {args.lr}",
             f"# over_refusal: refusal rate on {len(over)} XSTest safe prompts (every type in turn)"

@@ -11,6 +11,7 @@ lives in SQLite: run again with the same storage to resume; pick a trial from th
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,23 @@ def _objective(asked: str, metrics: AbliterationMetrics, protocol: Protocol) -> 
     return check_refusal_objective(asked)
 
 
+def reading_advice(directions: RefusalDirections, thinks: bool, protocol: Protocol) -> str | None:
+    """Why and how to read ``directions`` again before a search, or None: on a model that
+    thinks first, directions of thinklens's reading (every prompt's last template token, before
+    the thinking) gave the search a worse front than Heretic's reading (after the closed empty
+    thinking block), on validation and held-out prompts alike."""
+    reading = directions.meta.get("reading", "thinklens")
+    if not thinks or protocol != "thinklens" or reading != "thinklens":
+        return None
+    return (
+        "these directions were read thinklens's way (before the thinking) and the model thinks "
+        "first: for a search, read them with compute_directions(..., reading='heretic') "
+        "(CLI: thinklens abliteration directions --reading heretic). On organism-aligned that "
+        "reading gave 5.0 judged refusals of 16 at KL <= 0.05 against 10.3 with this one (mean "
+        "of 3 seeds, benchmarks/results/peers_heretic_seeds.txt)"
+    )
+
+
 def _check_parallel(
     parallel_trials: int, protocol: Protocol, objective: str, reload: Callable | None
 ) -> None:
@@ -154,6 +172,7 @@ def search(
     think_tokens: int = THINK_TOKENS,
     keep_lower_layers: bool = True,
     parallel_trials: int = 1,
+    space: Protocol | None = None,
 ) -> SearchResult:
     """Run (or resume) Heretic's search until the study holds ``n_trials`` finished trials.
 
@@ -163,7 +182,9 @@ def search(
             search a better front than thinklens's reading: chosen on validation prompts
             (``benchmarks/results/direction_reading.txt``), then over 3 seeds on held-out
             ones 5.0 judged refusals of 16 at KL <= 0.05, against 10.3 with thinklens's
-            reading and 5.3 for Heretic itself (``peers_heretic_seeds.txt``).
+            reading and 5.3 for Heretic itself (``peers_heretic_seeds.txt``). Directions of
+            thinklens's reading on a thinking model get a warning saying so
+            (``reading_advice``).
         metrics: measured on the base model once (``AbliterationMetrics.prepare``).
         storage: a SQLite path or Optuna URL (None keeps the study in memory).
         kl_objective: ``"kl"`` (first generated token, Heretic's), ``"kl_answer"`` (first
@@ -199,10 +220,17 @@ def search(
             prompts. TPE then treats the trials still running as the worst seen (Optuna's
             constant liar). Needs the thinklens protocol and the ``"early_stop"`` or
             ``"full"`` objective.
+        space: the parameter space sampled (``suggest``), when it should differ from
+            ``protocol``'s: ``"published"`` is Heretic 1.4.0's (both components' ``max_weight``
+            in [0.8, 1.5]), ``"thinklens"`` Heretic's later one (the MLP edit can switch off).
     Heretic's default seed is random; thinklens's is 0, so a search repeats.
     """
     if protocol == "published" and kl_target is None:
         kl_target = 0.01
+    if space is None:
+        space = protocol
+    elif space not in ("thinklens", "published"):
+        raise ValueError(f"space={space!r}: use 'thinklens' or 'published'")
     objective = _objective(refusal_objective, metrics, protocol)
     _check_parallel(parallel_trials, protocol, objective, reload)
     if objective != metrics.objective:
@@ -211,6 +239,9 @@ def search(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions.check(model)
+    advice = reading_advice(directions, metrics.answer_texts is not None, protocol)
+    if advice is not None:
+        warnings.warn(advice, stacklevel=2)
     fingerprint = model.fingerprint()
     sampler = optuna.samplers.TPESampler(
         multivariate=True,
@@ -261,7 +292,7 @@ def search(
         return first_edited_layer(target, [e.module for e in plan]) if keep_lower_layers else None
 
     def objective(trial: Any) -> tuple[float, float]:
-        params = suggest(trial, model.n_layers, protocol)
+        params = suggest(trial, model.n_layers, space)
         target = reload() if reload is not None else model
         plan = heretic_plan(target, directions, params, protocol)
         with edited(target, plan):
@@ -288,7 +319,7 @@ def search(
         while todo > 0:
             trials = [study.ask() for _ in range(min(parallel_trials, todo))]
             try:
-                params = [suggest(t, model.n_layers, protocol) for t in trials]
+                params = [suggest(t, model.n_layers, space) for t in trials]
                 plans = [heretic_plan(model, directions, p, protocol) for p in params]
                 firsts = [first_of(model, plan) for plan in plans]
                 measured = metrics.many(model, plans, [kl_key], firsts)

@@ -333,6 +333,8 @@ def thinklens_run(
             kw["parallel_trials"] = args.parallel_trials
         if getattr(args, "kl_target", None) is not None:
             kw["kl_target"] = args.kl_target
+        if getattr(args, "space", None) is not None:
+            kw["space"] = args.space
     setup = time.perf_counter() - start
     res = search(
         model,

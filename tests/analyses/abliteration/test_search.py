@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 
 import pytest
 import torch
 
 from thinklens.analyses.abliteration.gsm8k import extract_number, gsm8k_accuracy, load_gsm8k
 from thinklens.analyses.abliteration.metrics import AbliterationMetrics
-from thinklens.analyses.abliteration.search import search
+from thinklens.analyses.abliteration.search import reading_advice, search
 from thinklens.data import bundled_prompts
 from thinklens.interventions.abliteration.directions import compute_directions
 from thinklens.interventions.abliteration.weights import apply
@@ -145,3 +147,33 @@ def test_parallel_trials_need_exact_edits_and_a_generating_objective(setup):
         search(m, d, metrics, n_trials=1, progress=False, parallel_trials=2, protocol="published")
     with pytest.raises(ValueError, match="reload"):
         search(m, d, metrics, n_trials=1, progress=False, parallel_trials=2, reload=lambda: m)
+
+
+def test_search_advises_heretics_reading_for_a_thinking_model(setup):
+    """thinklens-read directions on a model that thinks first draw a warning that names the
+    fix; Heretic-read directions, a model that answers at once or Heretic's protocol do not."""
+    m, d, metrics = setup
+    thinks = dataclasses.replace(metrics, answer_texts=["An answer."] * len(HARMLESS))
+    with pytest.warns(UserWarning, match=r"reading='heretic'.*--reading heretic"):
+        search(m, d, thinks, n_trials=0, progress=False, refusal_objective="full")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        search(m, d, metrics, n_trials=0, progress=False)  # no thinking: no advice
+    heretic_read = dataclasses.replace(d, meta=d.meta | {"reading": "heretic"})
+    assert reading_advice(heretic_read, True, "thinklens") is None
+    assert reading_advice(d, True, "published") is None
+    assert reading_advice(d, False, "thinklens") is None
+    assert "reading='heretic'" in reading_advice(d, True, "thinklens")
+
+
+def test_search_samples_heretic_1_4_space_with_thinklens_edits(setup):
+    """``space="published"``: Heretic 1.4.0's parameter names and ranges (both components'
+    ``max_weight`` >= 0.8), the edit still thinklens's exact one."""
+    m, d, metrics = setup
+    res = search(m, d, metrics, n_trials=3, n_startup_trials=3, progress=False, space="published")
+    for t in res.study.trials:
+        assert t.params["attn.o_proj.max_weight"] >= 0.8
+        assert t.params["mlp.down_proj.max_weight"] >= 0.8
+        assert res.params(t.number).lora_rank is None  # not the published rank-3 edit
+    with pytest.raises(ValueError, match="space='heretic'"):
+        search(m, d, metrics, n_trials=1, progress=False, space="heretic")
