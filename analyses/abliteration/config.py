@@ -136,6 +136,10 @@ class AbliterationSearchConfig(_Evaluation):
         default_of(search, "protocol"),
         help="published: Heretic 1.4.0's space, edit, KL and refusal counting",
     )
+    space: Literal["thinklens", "published"] | None = option(
+        default_of(search, "space"),
+        help="the space sampled, if not the protocol's (published: Heretic 1.4.0's)",
+    )
     refusal_objective: Literal[
         "auto", "full", "answer", "probe", "first_token", "early_stop", "draft", "short_thinking"
     ] = option(

@@ -217,6 +217,7 @@ def _search(cfg: AbliterationSearchConfig) -> None:
         answer_tokens=cfg.answer_tokens,
         think_tokens=cfg.think_tokens,
         parallel_trials=cfg.parallel_trials,
+        space=cfg.space,
     )
     front = res.pareto
     if cfg.xstest and not front.empty:
