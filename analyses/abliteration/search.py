@@ -263,6 +263,7 @@ def search(
         study.set_user_attr("model", model.name)
         study.set_user_attr("base_refusals", metrics.base_refusals)
         study.set_user_attr("refusal_objective", objective)
+        study.set_user_attr("space", space)
     elif owner != fingerprint:
         raise ValueError(
             f"study {study_name!r} in {storage} belongs to {study.user_attrs.get('model')} "
@@ -273,6 +274,12 @@ def search(
         raise ValueError(
             f"study {study_name!r} counted refusals with objective {counted!r}, not "
             f"{objective!r}: resume it with refusal_objective={counted!r}, or start another study"
+        )
+    sampled = study.user_attrs.get("space", space)
+    if sampled != space:
+        raise ValueError(
+            f"study {study_name!r} sampled the {sampled!r} space, not {space!r}: resume it with "
+            f"space={sampled!r}, or start another study"
         )
     if kl_objective not in ("auto", "kl", "kl_answer"):
         raise ValueError(f"kl_objective={kl_objective!r}: use 'auto', 'kl' or 'kl_answer'")

@@ -166,7 +166,7 @@ def test_search_advises_heretics_reading_for_a_thinking_model(setup):
     assert "reading='heretic'" in reading_advice(d, True, "thinklens")
 
 
-def test_search_samples_heretic_1_4_space_with_thinklens_edits(setup):
+def test_search_samples_heretic_1_4_space_with_thinklens_edits(setup, tmp_path):
     """``space="published"``: Heretic 1.4.0's parameter names and ranges (both components'
     ``max_weight`` >= 0.8), the edit still thinklens's exact one."""
     m, d, metrics = setup
@@ -175,5 +175,9 @@ def test_search_samples_heretic_1_4_space_with_thinklens_edits(setup):
         assert t.params["attn.o_proj.max_weight"] >= 0.8
         assert t.params["mlp.down_proj.max_weight"] >= 0.8
         assert res.params(t.number).lora_rank is None  # not the published rank-3 edit
+    again = dict(n_trials=4, progress=False, storage=tmp_path / "s.db")
+    search(m, d, metrics, n_startup_trials=3, space="published", **again | {"n_trials": 1})
+    with pytest.raises(ValueError, match="sampled the 'published' space"):
+        search(m, d, metrics, **again)  # resumed with the other space
     with pytest.raises(ValueError, match="space='heretic'"):
         search(m, d, metrics, n_trials=1, progress=False, space="heretic")
