@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 from pathlib import Path
-
-from thinklens.data import load_prompts
-from thinklens.testing import held_out_prompts as _from_folder
 
 #: The public data sets beside the project (``../shared/data``); absent on a user's machine.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def write_result(path: str | Path, text: str) -> None:
+    """Write a results file through a temporary file and a rename (never a half file)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+
+
 def held_out_prompts(n: int = 24) -> tuple[list[str], list[str]]:
     """Harmful and harmless prompts no organism saw (public sets, else the bundled test split)."""
-    return _from_folder(SHARED_DATA, n)
+    from thinklens.testing import held_out_prompts as from_folder
+
+    return from_folder(SHARED_DATA, n)
 
 
 def harmbench_behaviours(name: str) -> list[str]:
@@ -61,6 +70,8 @@ def harmbench_strongreject(n_each: int) -> list[str]:
         raise FileNotFoundError(
             f"{SHARED_DATA} is missing: HarmBench test and StrongREJECT are read from it"
         )
+    from thinklens.data import load_prompts
+
     sr = load_prompts(SHARED_DATA / "strongreject.csv", column="forbidden_prompt")
     rng = random.Random(0)
     return rng.sample(harmbench_behaviours("harmbench_test.csv"), n_each) + rng.sample(sr, n_each)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "peers"))
+from common import write_result  # noqa: E402
 from heretic import (  # noqa: E402
     KL_BUDGETS,
     SHARED,
@@ -40,7 +41,6 @@ from heretic import (  # noqa: E402
     one_line,
     pareto,
     prompt_sets,
-    write_atomic,
 )
 
 RESULTS = HERE / "results"
@@ -121,7 +121,7 @@ def main() -> None:
                 front=[{k: r[k] for k in ("trial", "refusals", "kl", "judge")} for r in front],
                 per_trial=run["span"] / len(run["rows"]),
             )
-            write_atomic(store, json.dumps(done, indent=1) + "\n")
+            write_result(store, json.dumps(done, indent=1) + "\n")
             loads.append(os.getloadavg()[0])
 
     n = args.n_prompts
@@ -174,7 +174,7 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    write_atomic(args.out, text)
+    write_result(args.out, text)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from capture import _busy_seconds, _own_seconds, versions  # noqa: E402
+from common import write_result  # noqa: E402
 
 DEFAULT_CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "thinklens-heads-bench"
 
@@ -66,15 +67,6 @@ def setup(model_name: str, n_texts: int, cache: Path, backend: str = "transforme
 def scores_path(cache: Path, model, n_texts: int) -> Path:
     """Where the three methods' head scores are cached (read by heads_asr.py)."""
     return cache / f"scores-{model.name}-{model.fingerprint()}-{n_texts}.csv"
-
-
-def write_result(path: str | Path, text: str) -> None:
-    """Write a results file through a temporary file and a rename (never a half file)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
 
 
 def timed(fn):

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 from capture import versions  # noqa: E402
-from head_scoring import DEFAULT_CACHE, scores_path, setup, write_result  # noqa: E402
+from common import write_result  # noqa: E402
+from head_scoring import DEFAULT_CACHE, scores_path, setup  # noqa: E402
 
 SOURCES = {
     "test": "held-out: AdvBench + JailbreakBench, Alpaca test",

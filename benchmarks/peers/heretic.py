@@ -54,6 +54,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from common import write_result  # noqa: E402
+
 RESULTS = HERE.parent / "results"
 SHARED = HERE.parents[2] / "shared" / "data"
 CACHE = Path(os.environ.get("THINKLENS_CACHE", Path.home() / ".cache" / "thinklens"))
@@ -242,13 +245,6 @@ def covered(mine: list[dict], theirs: list[dict], measure: str) -> int:
         any(m[measure][0] <= t[measure][0] and m[measure][1] <= t[measure][1] for m in mine)
         for t in theirs
     )
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``path`` through a temporary file and a rename (never half-written)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def spread(times: list[float]) -> str:
@@ -611,8 +607,7 @@ def main() -> None:
     lines += ["", f"benchmark wall time {time.perf_counter() - started:.0f} s"]
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out, text)
+    write_result(args.out, text)
     # The numbers again, for heretic_seeds.py to pool runs of several seeds.
     keep = ("trial", "refusals", "kl", "seconds", "heretic count", "judge")
     record = dict(
@@ -628,7 +623,7 @@ def main() -> None:
             for name, run in runs.items()
         },
     )
-    write_atomic(args.out.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
+    write_result(args.out.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from heretic import KL_BUDGETS, covered, judged, write_atomic  # noqa: E402
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+from common import write_result  # noqa: E402
+from heretic import KL_BUDGETS, covered, judged  # noqa: E402
 
 
 def main() -> None:
@@ -88,7 +89,7 @@ def main() -> None:
         )
     text = "\n".join(lines) + "\n"
     print(text)
-    write_atomic(args.out, text)
+    write_result(args.out, text)
 
 
 if __name__ == "__main__":
