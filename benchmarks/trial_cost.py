@@ -7,7 +7,9 @@ default for a model that thinks first: writing the edit, counting refusals (``ea
 the first-answer-token KL (one forward pass over each harmless prompt and the base model's own
 thinking; from the first edited layer with the texts batched by length, and batched by count
 alone, which pads short texts to the longest) and restoring the weights; then the same edits'
-refusals counted 4 and 8 trials a batch (``search``'s ``parallel_trials``). Then it times
+refusals counted 4 and 8 trials a batch (``search``'s ``parallel_trials``), and 4 a batch with
+the chat template's shared opening run for every row instead of once a plan
+(``thinklens.decoding``'s shared prefix turned off). Then it times
 one greedy decoding step with a key-value cache (after a 40-token prompt) at several batch
 sizes, and the prefill of 128 tokens a row, per token. A step at batch 1 against a token of
 prefill says how much of decoding is reading the weights rather than computing. Results:
@@ -89,14 +91,20 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
         )
     kl_tokens = sum(len(ids) for ids in metrics.answer_ids)
     # The same plans counted ``parallel`` at a time (search's parallel_trials): a trial's share.
+    # "4 unshared": the chat template's opening run for every row, not once a plan.
+    import thinklens.decoding as decoding
+
     parallel = {}
-    for k in (4, 8):
+    least = decoding.MIN_SHARED
+    for k, label in ((4, "4 unshared"), (4, "4"), (8, "8")):
+        decoding.MIN_SHARED = 10**9 if label == "4 unshared" else least
         start = time.perf_counter()
         same = True
         for i in range(0, len(plans), k):
             counts = [sum(v) for v in metrics.counter.verdicts_many(model, plans[i : i + k])]
             same &= counts == [r["n"] for r in rows[i : i + k]]
-        parallel[k] = ((time.perf_counter() - start) / len(plans), same)
+        parallel[label] = ((time.perf_counter() - start) / len(plans), same)
+    decoding.MIN_SHARED = least
     sizes = dict(kl_rows=len(metrics.answer_ids), kl_tokens=kl_tokens, keep=keep_seconds)
     return rows, sizes | dict(parallel=parallel)
 
@@ -176,9 +184,11 @@ def main() -> None:
         f"kl / kl_kept: {kl_ratio:.2f}x; kl_kept_padded (one batch of {args.batch_size} by "
         f"count, no length batches) / kl_kept: {pad_ratio:.2f}x",
     ]
-    for k, (sec, same) in sizes["parallel"].items():
+    for label, (sec, same) in sizes["parallel"].items():
+        k, _, unshared = label.partition(" ")
+        how = ", the chat template's opening run for every row" if unshared else ""
         lines.append(
-            f"refusals, {k} trials a batch (parallel_trials={k}): {sec:.2f} s a trial, "
+            f"refusals, {k} trials a batch (parallel_trials={k}{how}): {sec:.2f} s a trial, "
             f"{statistics.mean(r['refusals'] for r in rows) / sec:.2f}x one at a time; the same "
             f"counts as one at a time: {same}"
         )

@@ -13,6 +13,13 @@ and only the rest is generated, from that pass's own key-value cache (the reject
 masked out). Under greedy decoding this is the output of ``continue_ids`` (the check of
 speculative decoding, with an earlier output as the draft), up to floating-point ties between
 the two top tokens (a full-sequence pass and a cached step round differently).
+
+Shared prefix: the rows of a batch usually open with the same tokens (a chat template's system
+turn: 24 of SmolLM2's 43-token harmful prompts). That prefix is run once for each group of rows
+under the same edit (``groups``; all rows are one group without a per-row edit), and its
+key-value cache is copied to the group's rows, so the prefill computes only what differs. The
+same tokens as running each row whole, up to the same floating-point ties. Not while an edit
+acts at chosen positions: those find each row's prompt in a generation's first pass.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from thinklens.model import Model
+from thinklens.positions import Positions
 
 
 def stop_token_ids(tok: object) -> set[int]:
@@ -77,6 +85,42 @@ def cache_of(out) -> object:
     return cache if cache is not None else out.past_key_values
 
 
+#: The fewest shared opening tokens worth a pass of their own (below it they are run per row).
+MIN_SHARED = 8
+
+
+def shared_length(prefixes: Sequence[Sequence[int]]) -> int:
+    """How many opening tokens all ``prefixes`` share, leaving each at least one of its own
+    (the pass after the shared one needs a token in every row); 0 below ``MIN_SHARED``."""
+    n = min(len(p) for p in prefixes) - 1
+    first = prefixes[0]
+    for p in prefixes[1:]:
+        n = next((i for i in range(n) if p[i] != first[i]), n)
+    return n if n >= MIN_SHARED else 0
+
+
+def _positions_free(model: Model) -> bool:
+    """Whether no active edit acts at chosen positions: those read each row's prompt from the
+    first pass of a generation (``thinklens.positions``), so the opening is not run apart."""
+    return all(Positions.parse(e.positions).is_all for i in model.interventions for e in i.edits)
+
+
+def _shared_cache(
+    model: Model, opening: list[int], groups: list[int], on_rows: Callable[[list[int]], None]
+) -> object:
+    """The key-value cache of ``opening``, run once per distinct group (under that group's
+    first row's edit) and copied to every row of the group."""
+    reps = list(dict.fromkeys(groups))  # each group once, in order of its first row
+    first_row = {g: groups.index(g) for g in reps}
+    on_rows([first_row[g] for g in reps])
+    device = model.device
+    ids = torch.tensor([opening] * len(reps), device=device)
+    out = model.hf(input_ids=ids, use_cache=True, logits_to_keep=1)
+    cache = cache_of(out)
+    cache.batch_select_indices(torch.tensor([reps.index(g) for g in groups], device=device))
+    return cache
+
+
 @torch.no_grad()
 def _batch(
     model: Model,
@@ -86,15 +130,25 @@ def _batch(
     answer_tokens: int | None,
     pad: int,
     on_rows: Callable[[list[int]], None],
+    groups: list[int],
 ) -> list[list[int]]:
-    """One batch: check the drafts in one pass, then go on greedily from each row's first
-    difference with the pass's own cache (rejected draft tokens masked out, like padding)."""
+    """One batch: the shared opening once a group, then the drafts checked in one pass, then
+    greedy steps from each row's first difference with the pass's own cache (rejected draft
+    tokens masked out, like padding)."""
     tok, close = model.tokenizer, model.thinking.close
     eos = stop_token_ids(tok)
     watch = answer_tokens is not None  # only an answer-token stop needs the marker's place
-    ids, mask = model.pad_ids([p + d for p, d in zip(prefixes, drafts, strict=True)], "left")
-    # Left padding: positions count real tokens only, as generate numbers them.
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    shareable = len(prefixes) > len(set(groups)) and _positions_free(model)
+    shared = shared_length(prefixes) if shareable else 0
+    past = {}
+    if shared:
+        past = {cache_kwarg(model.hf): _shared_cache(model, prefixes[0][:shared], groups, on_rows)}
+    rest = [p[shared:] + d for p, d in zip(prefixes, drafts, strict=True)]
+    ids, mask = model.pad_ids(rest, "left")
+    # [shared opening][left padding][the row's own tokens]: positions count real tokens only,
+    # as generate numbers them.
+    mask = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, shared), mask], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
     keep = max(len(d) for d in drafts) + 1
     on_rows(list(range(len(prefixes))))
     out = model.hf(
@@ -103,9 +157,10 @@ def _batch(
         position_ids=positions,
         logits_to_keep=keep,
         use_cache=True,
+        **past,
     )
     choice = out.logits.argmax(-1).tolist()
-    width = ids.shape[1]
+    width = mask.shape[1]
     news, done, closed = [], [], []
     for r, draft in enumerate(drafts):
         mine = choice[r][keep - 1 - len(draft) :]  # mine[j]: the choice after draft[:j]
@@ -159,6 +214,7 @@ def greedy_continue(
     answer_tokens: int | None = None,
     drafts: Sequence[Sequence[int]] | None = None,
     on_rows: Callable[[list[int]], None] | None = None,
+    groups: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """Greedy new token ids after each prefix, as ``continue_ids`` gives them: each row leaves
     the batch as soon as it stops (at a stop token, ``answer_tokens`` after its thinking closes,
@@ -171,11 +227,20 @@ def greedy_continue(
     ``on_rows``: called before each forward pass whose rows change, with the indices (into
     ``prefixes``) of the rows the pass holds, in batch order; an edit that treats rows apart
     (``interventions.abliteration.RowPlans.select``) follows the batch with it.
+
+    ``groups``: with a per-row edit, which rows run under the same edit (one label a prefix);
+    the opening tokens the prefixes share are run once per group (module docstring). None: one
+    group without ``on_rows``; with it, every row its own (nothing shared), since the rows' edits
+    are unknown here.
     """
     if drafts is None:
         drafts = [[] for _ in prefixes]
     if len(prefixes) != len(drafts):
         raise ValueError(f"{len(prefixes)} prefixes but {len(drafts)} drafts: give one draft each")
+    if groups is None:
+        groups = [0] * len(prefixes) if on_rows is None else list(range(len(prefixes)))
+    if len(groups) != len(prefixes):
+        raise ValueError(f"{len(prefixes)} prefixes but {len(groups)} groups: give one label each")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: give at least 1")
     if not prefixes or any(len(p) == 0 for p in prefixes):
@@ -198,5 +263,6 @@ def greedy_continue(
             answer_tokens,
             pad,
             shifted,
+            [groups[i] for i in rows],
         )
     return final

@@ -10,20 +10,24 @@ only the layers from there on compute. Exact: the same batches, padding and posi
 capture, so the result is the full forward pass's (tested against it).
 
 The texts are batched by length (``length_batches``): a pass costs the padded tokens of its
-batches, and one long text in a batch of short ones pads them all to its length.
+batches, and one long text in a batch of short ones pads them all to its length. The opening
+all texts share (a chat template's system turn, ``thinklens.decoding.shared_length``) is run
+once a pass and its key-value cache copied to every row, as greedy decoding does.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from thinklens.decoding import cache_kwarg, cache_of, shared_length
 from thinklens.model import Model
 
 
@@ -89,13 +93,34 @@ def length_batches(lengths: Sequence[int], batch_size: int, slack: float = 1.15)
 class FixedInputs:
     """Token batches with the base model's input to every ``stride``-th decoder layer kept."""
 
-    batches: list[tuple[Tensor, Tensor, Tensor]]  # ids, mask, positions (left-padded)
-    kept: dict[int, list[Tensor]]  # layer -> its input, one tensor a batch
+    #: ids after the shared opening, mask over opening + ids, positions (left-padded).
+    batches: list[tuple[Tensor, Tensor, Tensor]]
+    kept: dict[int, list[Tensor]]  # layer -> its input (after the opening), one tensor a batch
     base_logits: Float[Tensor, "n vocab"]
     stride: int
     #: The texts' indices in batch order (the batches are by length): row ``j`` of the
     #: concatenated batches is text ``order[j]``.
     order: list[int]
+    #: The opening all texts share, run once a pass (empty: nothing shared).
+    opening: list[int] = field(default_factory=list)
+
+    def _opened(self, model: Model) -> object | None:
+        """The key-value cache of the shared opening under ``model`` (None without one)."""
+        if not self.opening:
+            return None
+        ids = torch.tensor([self.opening], device=model.device)
+        return cache_of(model.hf(input_ids=ids, use_cache=True, logits_to_keep=1))
+
+    def _forward(self, model: Model, b: int, opened: object | None) -> Tensor:
+        """Last-position logits of batch ``b``, after the opening's cache ``opened``."""
+        ids, mask, positions = self.batches[b]
+        kw = dict(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+        if opened is not None:
+            # A copy a batch: the pass appends to the cache it is given.
+            cache = copy.deepcopy(opened)
+            cache.batch_select_indices(torch.zeros(len(ids), dtype=torch.long, device=ids.device))
+            kw[cache_kwarg(model.hf)] = cache
+        return model.hf(**kw).logits[:, -1].float().cpu()
 
     def _unbatched(self, rows: Tensor) -> Tensor:
         """Rows in batch order put back in the texts' order."""
@@ -127,31 +152,31 @@ class FixedInputs:
         # Padding makes a batch a little larger than its tokens: leave a tenth of the budget.
         stride = max(1, math.ceil(n * one_layer / (0.9 * max_bytes)))
         wanted = list(range(stride, n, stride))
-        batches, logits = [], []
-        kept: dict[int, list[Tensor]] = {i: [] for i in wanted}
-        groups = length_batches([len(x) for x in ids], batch_size, slack)
+        shared = shared_length(ids) if len(ids) > 1 else 0
+        fixed = cls([], {i: [] for i in wanted}, torch.empty(0), stride, [], list(ids[0][:shared]))
+        opened = fixed._opened(model)
+        logits = []
+        groups = length_batches([len(x) - shared for x in ids], batch_size, slack)
         for group in groups:
-            chunk = [ids[i] for i in group]
-            tok_ids, mask = model.pad_ids(chunk, "left")
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            tok_ids, mask = model.pad_ids([ids[i][shared:] for i in group], "left")
+            # [shared opening][left padding][the text's own tokens]
+            mask = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, shared), mask], dim=1)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+            fixed.batches.append((tok_ids, mask, positions))
             seen: dict[int, Tensor] = {}
             hooks = [
                 layers[i].register_forward_pre_hook(_keeper(seen, i), with_kwargs=True)
                 for i in wanted
             ]
             try:
-                out = model.hf(
-                    input_ids=tok_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
-                )
+                logits.append(fixed._forward(model, len(fixed.batches) - 1, opened))
             finally:
                 for h in hooks:
                     h.remove()
             for i in wanted:
-                kept[i].append(seen[i])
-            batches.append((tok_ids, mask, positions))
-            logits.append(out.logits[:, -1].float().cpu())
-        fixed = cls(batches, kept, torch.cat(logits), stride, [i for g in groups for i in g])
-        fixed.base_logits = fixed._unbatched(fixed.base_logits)
+                fixed.kept[i].append(seen[i])
+        fixed.order = [i for g in groups for i in g]
+        fixed.base_logits = fixed._unbatched(torch.cat(logits))
         return fixed
 
     def start_for(self, first_edited: int) -> int:
@@ -164,15 +189,16 @@ class FixedInputs:
         ``first_edited`` must be the base's (``first_edited_layer`` of the edit)."""
         start = self.start_for(first_edited)
         layers = decoder_layers(model)
+        # The opening runs whole (one short row): the stand-ins below ``start`` leave their
+        # layers' cache at its length, which is where the next pass numbers its tokens from.
+        opened = self._opened(model)
         out = []
-        for b, (ids, mask, positions) in enumerate(self.batches):
-            kw = dict(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+        for b in range(len(self.batches)):
             if start == 0:
-                res = model.hf(**kw)
+                out.append(self._forward(model, b, opened))
             else:
                 with _layers_kept(layers, start, self.kept[start][b]):
-                    res = model.hf(**kw)
-            out.append(res.logits[:, -1].float().cpu())
+                    out.append(self._forward(model, b, opened))
         return self._unbatched(torch.cat(out))
 
 

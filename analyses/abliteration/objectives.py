@@ -264,7 +264,8 @@ class RefusalCounter:
         ids, mask = model.tokenize([model.chat(p) for p in self.prompts], padding_side="left")
         prefixes = [r[m.bool()].tolist() for r, m in zip(ids, mask, strict=True)]
         n = len(prefixes)
-        edit = RowPlans(plans, [k for k in range(len(plans)) for _ in range(n)])
+        rows = [k for k in range(len(plans)) for _ in range(n)]
+        edit = RowPlans(plans, rows)
         stop = self.answer_tokens if self.objective == "early_stop" else None
         with intervene(model, edit):
             new = greedy_continue(
@@ -274,6 +275,7 @@ class RefusalCounter:
                 self.batch_size * len(plans),
                 stop,
                 on_rows=edit.select,
+                groups=rows,
             )
         verdicts = MarkerJudge(fmt=model.thinking)(
             self.prompts * len(plans), decode_new(model, new)

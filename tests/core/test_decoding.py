@@ -78,3 +78,37 @@ def test_greedy_decoding_writes_what_transformers_generate_writes(models, answer
         )
         # A smaller budget gives the first tokens of a larger one.
         assert greedy_continue(m, ids, 3, batch_size=4) == [r[:3] for r in got]
+
+
+def test_a_shared_opening_is_run_once_and_changes_no_token(models, monkeypatch):
+    """The chat template's opening, run once and copied to every row, gives the tokens of
+    running each row whole (``MIN_SHARED`` raised past it turns sharing off)."""
+    import thinklens.decoding as decoding
+
+    prompts = ["Hi there?", "Name a colour.", "What is two plus two, please?", "Go."]
+    for m in models:
+        ids = m.chat_ids(prompts)
+        shared = decoding.shared_length(ids)
+        assert shared >= decoding.MIN_SHARED
+        assert ids[0][:shared] == ids[1][:shared] and ids[0][shared] != ids[1][shared]
+        calls: list[tuple[int, ...]] = []
+
+        def record(_m, _a, k, calls=calls) -> None:
+            calls.append(tuple(k["input_ids"].shape))
+
+        hook = m.hf.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            got = greedy_continue(m, ids, 10, batch_size=4, answer_tokens=1)
+            drafted = greedy_continue(m, ids, 10, batch_size=4, drafts=[r[:4] for r in got])
+        finally:
+            hook.remove()
+        assert calls[0] == (1, shared)  # the opening once, for all four rows
+        monkeypatch.setattr(decoding, "MIN_SHARED", 10_000)
+        assert decoding.shared_length(ids) == 0
+        assert greedy_continue(m, ids, 10, batch_size=4, answer_tokens=1) == got
+        assert greedy_continue(m, ids, 10, batch_size=4) == drafted
+        monkeypatch.undo()
+    # Each row keeps at least one token of its own, and a prefix of another shares all of it.
+    assert decoding.shared_length([[1] * 20, [1] * 12]) == 11
+    with pytest.raises(ValueError, match="2 prefixes but 1 groups"):
+        greedy_continue(models[0], ids[:2], 5, groups=[0])

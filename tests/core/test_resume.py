@@ -5,22 +5,28 @@ from __future__ import annotations
 import pytest
 import torch
 
+from thinklens.decoding import MIN_SHARED, shared_length
 from thinklens.resume import FixedInputs, decoder_layers, first_edited_layer, length_batches
 from thinklens.testing import tiny_model
 
 FAMILIES = ["llama", "gemma3", "qwen3_moe"]
 
 
-def _ids(m) -> list[list[int]]:
-    tok = m.tokenizer
-    texts = ["Name a fruit.", "Write two lines about the sea, please.", "Hi", "Count to five."]
-    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+TEXTS = ["Name a fruit.", "Write two lines about the sea, please.", "Hi", "Count to five."]
 
 
-def _full(m, fixed: FixedInputs) -> torch.Tensor:
+def _ids(m, chat: bool = False) -> list[list[int]]:
+    """The texts' ids; ``chat``: in the chat template, so they share its opening."""
+    if chat:
+        return m.chat_ids(TEXTS)
+    return [m.tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
+
+
+def _full(m, fixed: FixedInputs, chat: bool = False) -> torch.Tensor:
     """Brute force: the whole model over each text alone, no padding, in the texts' order."""
     with torch.no_grad():
-        return torch.cat([m.hf(input_ids=torch.tensor([i])).logits[:, -1].float() for i in _ids(m)])
+        rows = [m.hf(input_ids=torch.tensor([i])).logits[:, -1].float() for i in _ids(m, chat)]
+    return torch.cat(rows)
 
 
 def _perturb(m, layer: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -40,22 +46,27 @@ def _restore(saved) -> None:
             p.copy_(orig)
 
 
+@pytest.mark.parametrize("chat", [False, True], ids=["own", "shared-opening"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_running_from_the_first_edited_layer_equals_the_full_pass(family):
+def test_running_from_the_first_edited_layer_equals_the_full_pass(family, chat):
+    """From each kept layer (0: the whole model), under an edit of that layer; with texts in the
+    chat template the shared opening is run once a pass and its cache copied to the rows."""
     m = tiny_model(family, backend="nnsight")
-    fixed = FixedInputs.capture(m, _ids(m), batch_size=3)
+    fixed = FixedInputs.capture(m, _ids(m, chat), batch_size=3)
     assert fixed.stride == 1 and sorted(fixed.kept) == [1, 2]
-    torch.testing.assert_close(fixed.base_logits, _full(m, fixed), atol=1e-5, rtol=1e-5)
-    for first in (1, 2):
+    assert len(fixed.opening) == (shared_length(_ids(m, chat)) if chat else 0)
+    assert not chat or len(fixed.opening) >= MIN_SHARED
+    torch.testing.assert_close(fixed.base_logits, _full(m, fixed, chat), atol=1e-5, rtol=1e-5)
+    for first in (0, 1, 2):
         saved = _perturb(m, first)
         try:
-            edited = _full(m, fixed)
+            edited = _full(m, fixed, chat)
             assert (edited - fixed.base_logits).abs().max() > 1e-2  # the edit matters
             torch.testing.assert_close(fixed.logits(m, first), edited, atol=1e-5, rtol=1e-5)
         finally:
             _restore(saved)
     # The layers come back: with no edit the result is the base's again.
-    torch.testing.assert_close(_full(m, fixed), fixed.base_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_full(m, fixed, chat), fixed.base_logits, atol=1e-5, rtol=1e-5)
 
 
 def test_the_kept_inputs_are_used_so_an_edit_below_the_start_is_not_seen():

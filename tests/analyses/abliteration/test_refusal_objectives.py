@@ -233,7 +233,9 @@ def test_kl_answer_from_the_first_edited_layer_is_the_whole_pass_s(backend):
     kept = search(m, d, metrics, **kw).trials.sort_values("trial")
     whole = search(m, d, metrics, keep_lower_layers=False, **kw).trials.sort_values("trial")
     assert (kept["kl_answer"] > 0).all()
-    np.testing.assert_allclose(kept["kl_answer"], whole["kl_answer"], rtol=1e-4, atol=1e-7)
+    # KLs of 1e-4 and below: float32 rounding (the shared chat opening runs as a pass of its
+    # own there) moves them by a few 1e-7.
+    np.testing.assert_allclose(kept["kl_answer"], whole["kl_answer"], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.real

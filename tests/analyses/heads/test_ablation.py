@@ -38,7 +38,9 @@ def test_top_heads_outputs_are_zero_during_generation(tiny):
             tl.generate(tiny, PROMPTS, max_new_tokens=5)
         finally:
             hook.remove()
-    assert len(seen) == 5  # the prompt, then one step per new token
+    # The chat template's shared opening, the prompts, then one step per new token after the
+    # first (thinklens.decoding).
+    assert len(seen) == 6
     for z in seen:
         z = z.unflatten(-1, (tiny.n_heads, -1))
         assert torch.all(z[..., :3, :] == 0) and z[..., 3, :].abs().sum() > 0
@@ -59,7 +61,7 @@ def test_scale_ablation_keeps_the_attention_output_norm_during_generation(tiny):
             tl.generate(tiny, PROMPTS, max_new_tokens=4)
         finally:
             hook.remove()
-    assert len(pairs) == 4
+    assert len(pairs) == 5  # the shared opening, the prompts, three steps
     for before, after in pairs:
         torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
 

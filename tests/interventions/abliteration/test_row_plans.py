@@ -96,6 +96,16 @@ def test_greedy_tokens_follow_rows_that_leave_the_batch(monkeypatch):
         got = decoding.greedy_continue(m, ids * len(plans), 10, len(rows), on_rows=on_rows)
     assert got == [row for runs in want for row in runs]
     assert len(selected) > 2 and selected[0] == list(range(len(rows)))
+    # Told which rows share a plan, the shared chat-template opening is run once per plan
+    # (under that plan's first row) and copied to its rows: the same tokens.
+    assert decoding.shared_length(ids) >= decoding.MIN_SHARED
+    selected.clear()
+    with tl.intervene(m, edit):
+        got = decoding.greedy_continue(
+            m, ids * len(plans), 10, len(rows), on_rows=on_rows, groups=rows
+        )
+    assert got == [row for runs in want for row in runs]
+    assert selected[0] == [0, len(ids), 2 * len(ids)] and selected[1] == list(range(len(rows)))
 
 
 def test_bad_rows_are_clear_errors():
