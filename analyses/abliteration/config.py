@@ -152,10 +152,11 @@ class AbliterationSearchConfig(_Evaluation):
     think_tokens: int = option(
         default_of(search, "think_tokens"), help="thinking tokens generated (short_thinking)"
     )
-    parallel_trials: int = option(
+    parallel_trials: int | None = option(
         default_of(search, "parallel_trials"),
         help="trials whose refusals are counted in one batch (thinklens protocol; early_stop "
-        "or full)",
+        "or full); unset: 8 for a model that thinks first with early_stop, as memory allows, "
+        "else 1",
     )
 
 

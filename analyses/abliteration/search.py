@@ -27,6 +27,7 @@ from thinklens.analyses.abliteration.objectives import (
     THINKING_DEFAULT,
     RefusalObjective,
     check_refusal_objective,
+    plans_that_fit,
 )
 from thinklens.interventions.abliteration.directions import RefusalDirections
 from thinklens.interventions.abliteration.heretic import HereticParams, heretic_plan, suggest
@@ -143,6 +144,23 @@ def _check_parallel(
         raise ValueError("reload loads a model for each trial: use parallel_trials=1 with it")
 
 
+def _parallel(
+    asked: int | None,
+    model: Model,
+    metrics: AbliterationMetrics,
+    protocol: Protocol,
+    objective: str,
+    reload: Callable | None,
+) -> int:
+    """The trials a batch ``asked`` resolves to (None: see ``search``)."""
+    if asked is not None:
+        return asked
+    thinks = metrics.answer_texts is not None
+    if not thinks or protocol != "thinklens" or objective != "early_stop" or reload is not None:
+        return 1
+    return plans_that_fit(model, metrics.harmful, metrics.batch_size, metrics.max_new_tokens)
+
+
 def _fail_stale(study: Any) -> None:
     """Trials left running by an interrupted run of this study are failed, so the sampler
     does not wait on them (one process runs a study at a time)."""
@@ -171,7 +189,7 @@ def search(
     answer_tokens: int = ANSWER_TOKENS,
     think_tokens: int = THINK_TOKENS,
     keep_lower_layers: bool = True,
-    parallel_trials: int = 1,
+    parallel_trials: int | None = None,
     space: Protocol | None = None,
 ) -> SearchResult:
     """Run (or resume) Heretic's search until the study holds ``n_trials`` finished trials.
@@ -205,8 +223,9 @@ def search(
         refusal_objective: how a trial counts refusals (``objectives``): ``"auto"`` is
             ``"early_stop"`` for a model that thinks first (its own thinking generated under
             the edit, stopped ``answer_tokens`` answer tokens after it closes; the only cheaper
-            objective that agreed with full generation on organism-aligned, 1.9x faster:
-            ``benchmarks/results/fast_objective.txt``) and ``"full"`` generation otherwise, and
+            objective that agreed with full generation on organism-aligned, 1.9x faster one
+            trial at a time, ``benchmarks/results/fast_objective.txt``, and 5.5x counted 8
+            trials a batch, ``parallel_trials``) and ``"full"`` generation otherwise, and
             always under ``protocol="published"``. ``"full"`` is one flag away. ``"draft"``
             gives early_stop's verdicts exactly but was slower in a search on organism-aligned
             (``benchmarks/results/fast_objective_draft.txt``).
@@ -219,7 +238,12 @@ def search(
             step bound by reading the weights costs little more for several copies of the
             prompts. TPE then treats the trials still running as the worst seen (Optuna's
             constant liar). Needs the thinklens protocol and the ``"early_stop"`` or
-            ``"full"`` objective.
+            ``"full"`` objective. None: 8 (``PARALLEL_DEFAULT``) for a model that thinks
+            first under the thinklens protocol and ``"early_stop"``, fewer if 8 copies of the
+            prompts' key-value cache do not fit in free memory (``plans_that_fit``); 1
+            otherwise. On organism-aligned, early_stop 8 trials a batch took 1/5.5 of full
+            generation's time a trial, held out, with the same verdicts
+            (``benchmarks/results/fast_objective_batched8.txt``).
         space: the parameter space sampled (``suggest``), when it should differ from
             ``protocol``'s: ``"published"`` is Heretic 1.4.0's (both components' ``max_weight``
             in [0.8, 1.5]), ``"thinklens"`` Heretic's later one (the MLP edit can switch off).
@@ -232,6 +256,7 @@ def search(
     elif space not in ("thinklens", "published"):
         raise ValueError(f"space={space!r}: use 'thinklens' or 'published'")
     objective = _objective(refusal_objective, metrics, protocol)
+    parallel_trials = _parallel(parallel_trials, model, metrics, protocol, objective, reload)
     _check_parallel(parallel_trials, protocol, objective, reload)
     if objective != metrics.objective:
         metrics = metrics.with_objective(model, objective, answer_tokens, think_tokens)

@@ -149,6 +149,48 @@ def test_parallel_trials_need_exact_edits_and_a_generating_objective(setup):
         search(m, d, metrics, n_trials=1, progress=False, parallel_trials=2, reload=lambda: m)
 
 
+def test_a_thinking_model_counts_eight_trials_a_batch_by_default(monkeypatch):
+    """parallel_trials unset: 8 trials a batch for a model that thinks first with early_stop
+    (fewer when free memory holds fewer copies of the prompts' cache), else one at a time."""
+    import thinklens.batching as batching
+    from thinklens.analyses.abliteration.objectives import (
+        PARALLEL_DEFAULT,
+        RefusalCounter,
+        plans_that_fit,
+    )
+
+    m = tiny_model("llama", backend="nnsight")
+    d = compute_directions(m, HARMFUL, HARMLESS, progress=False, reading="heretic")
+    thinks = AbliterationMetrics.prepare(m, HARMFUL, HARMLESS, thinking=True, max_new_tokens=4)
+    batches: list[int] = []
+    many = RefusalCounter.verdicts_many
+
+    def spy(self, model, plans):
+        batches.append(len(plans))
+        return many(self, model, plans)
+
+    monkeypatch.setattr(RefusalCounter, "verdicts_many", spy)
+    kw = dict(n_startup_trials=4, progress=False)
+    res = search(m, d, thinks, n_trials=10, **kw)
+    assert PARALLEL_DEFAULT == 8 and batches == [8, 2] and len(res.trials) == 10
+    batches.clear()
+    search(m, d, thinks, n_trials=2, refusal_objective="full", **kw)  # full: one at a time
+    search(m, d, thinks, n_trials=2, parallel_trials=1, **kw)
+    assert batches == []
+    # Memory for three copies of the prompts' key-value cache (each through max_new_tokens):
+    # three trials a batch. Unknown free memory: the default.
+    rows = min(len(HARMFUL), thinks.batch_size)
+    longest = max(map(len, m.chat_ids(HARMFUL)))
+    row = batching.Footprint.of(m).row_bytes(longest, cache_len=longest + 4)
+    three = int(3 * rows * row / batching.HEADROOM) + 1
+    monkeypatch.setattr(batching, "free_bytes", lambda model: three)
+    assert plans_that_fit(m, HARMFUL, thinks.batch_size, 4) == 3
+    monkeypatch.setattr(batching, "free_bytes", lambda model: 1)
+    assert plans_that_fit(m, HARMFUL, thinks.batch_size, 4) == 1
+    monkeypatch.setattr(batching, "free_bytes", lambda model: None)
+    assert plans_that_fit(m, HARMFUL, thinks.batch_size, 4) == PARALLEL_DEFAULT
+
+
 def test_search_advises_heretics_reading_for_a_thinking_model(setup):
     """thinklens-read directions on a model that thinks first draw a warning that names the
     fix; Heretic-read directions, a model that answers at once or Heretic's protocol do not."""
