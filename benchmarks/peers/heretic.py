@@ -24,7 +24,8 @@ settings (``--runs``):
   thinks first, its search space and exact edit, and the refusal objective ``search`` picks,
   or ``--thinklens-objective``).
 - ``parallel``: the default run with ``--parallel-trials`` trials asked at once and their
-  refusals counted in one batch (``search(..., parallel_trials=k)``).
+  refusals counted in one batch (``search(..., parallel_trials=k)``); ``--also-parallel``
+  adds the same run with other numbers of trials a batch (``thinklens parallel xK``).
 
 Each run's Pareto front (fewest refusals at each KL, by its own count) is then measured again
 in this process, on the same harmful and harmless prompts, two ways: by Heretic's count
@@ -289,9 +290,10 @@ def heretic_rows(study: dict) -> list[dict]:
     return rows
 
 
-def run_name(kind: str, reading: str) -> str:
-    """A thinklens run's name in the tables."""
-    return f"thinklens {kind}" + ("" if reading == "thinklens" else f" ({reading})")
+def run_name(kind: str, reading: str, k: int | None = None) -> str:
+    """A thinklens run's name in the tables (``k``: an extra parallel run's trials a batch)."""
+    batch = "" if k is None else f" x{k}"
+    return f"thinklens {kind}{batch}" + ("" if reading == "thinklens" else f" ({reading})")
 
 
 def thinklens_run(
@@ -373,6 +375,11 @@ def thinklens_run(
     )
 
 
+def _with_k(args: argparse.Namespace, k: int) -> argparse.Namespace:
+    """``args`` with ``k`` parallel trials a batch."""
+    return argparse.Namespace(**(vars(args) | dict(parallel_trials=k)))
+
+
 # --- the benchmark ----------------------------------------------------------------------------
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -396,6 +403,13 @@ def main() -> None:
     )
     p.add_argument(
         "--parallel-trials", type=int, default=4, help="trials a batch in the parallel run"
+    )
+    p.add_argument(
+        "--also-parallel",
+        type=int,
+        nargs="*",
+        default=[],
+        help="more parallel runs, with these trials a batch (named 'thinklens parallel xK')",
     )
     p.add_argument(
         "--readings",
@@ -460,12 +474,20 @@ def main() -> None:
 
         # thinklens, in this process, with the same settings.
         runs = {"heretic": her}
-        for kind in args.runs:
-            for reading in ["heretic"] if kind == "published" else args.readings:
-                name = run_name(kind, reading)
-                print(f"{name}: search", flush=True)
-                runs[name] = thinklens_run(model, sets, args, kind, reading)
-                loads[f"after {name}"] = os.getloadavg()
+        todo = [
+            (run_name(kind, reading), kind, reading, args)
+            for kind in args.runs
+            for reading in (["heretic"] if kind == "published" else args.readings)
+        ]
+        todo += [
+            (run_name("parallel", reading, k), "parallel", reading, _with_k(args, k))
+            for k in args.also_parallel
+            for reading in args.readings
+        ]
+        for name, kind, reading, run_args in todo:
+            print(f"{name}: search", flush=True)
+            runs[name] = thinklens_run(model, sets, run_args, kind, reading)
+            loads[f"after {name}"] = os.getloadavg()
 
         # Every front measured again: Heretic's count and the judge, on the same prompts.
         evaluation = sets["bad_evaluation_prompts"], sets["good_evaluation_prompts"]
