@@ -28,6 +28,8 @@ import inspect
 from collections.abc import Callable, Sequence
 
 import torch
+from jaxtyping import Int
+from torch import Tensor
 
 from thinklens.model import Model
 from thinklens.positions import Positions
@@ -99,6 +101,17 @@ def shared_length(prefixes: Sequence[Sequence[int]]) -> int:
     return n if n >= MIN_SHARED else 0
 
 
+def after_opening(
+    model: Model, rows: Sequence[Sequence[int]], shared: int
+) -> tuple[Int[Tensor, "batch q"], Int[Tensor, "batch total"], Int[Tensor, "batch q"]]:
+    """Ids of ``rows`` after a cached opening of ``shared`` tokens, left-padded; the mask over
+    [opening][padding][the row's own tokens]; positions that count real tokens only, as
+    ``generate`` numbers them."""
+    ids, mask = model.pad_ids(rows, "left")
+    mask = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, shared), mask], dim=1)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+
+
 def _positions_free(model: Model) -> bool:
     """Whether no active edit acts at chosen positions: those read each row's prompt from the
     first pass of a generation (``thinklens.positions``), so the opening is not run apart."""
@@ -144,11 +157,7 @@ def _batch(
     if shared:
         past = {cache_kwarg(model.hf): _shared_cache(model, prefixes[0][:shared], groups, on_rows)}
     rest = [p[shared:] + d for p, d in zip(prefixes, drafts, strict=True)]
-    ids, mask = model.pad_ids(rest, "left")
-    # [shared opening][left padding][the row's own tokens]: positions count real tokens only,
-    # as generate numbers them.
-    mask = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, shared), mask], dim=1)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+    ids, mask, positions = after_opening(model, rest, shared)
     keep = max(len(d) for d in drafts) + 1
     on_rows(list(range(len(prefixes))))
     out = model.hf(

@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from thinklens.decoding import cache_kwarg, cache_of, shared_length
+from thinklens.decoding import after_opening, cache_kwarg, cache_of, shared_length
 from thinklens.model import Model
 
 
@@ -158,11 +158,7 @@ class FixedInputs:
         logits = []
         groups = length_batches([len(x) - shared for x in ids], batch_size, slack)
         for group in groups:
-            tok_ids, mask = model.pad_ids([ids[i][shared:] for i in group], "left")
-            # [shared opening][left padding][the text's own tokens]
-            mask = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, shared), mask], dim=1)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-            fixed.batches.append((tok_ids, mask, positions))
+            fixed.batches.append(after_opening(model, [ids[i][shared:] for i in group], shared))
             seen: dict[int, Tensor] = {}
             hooks = [
                 layers[i].register_forward_pre_hook(_keeper(seen, i), with_kwargs=True)

@@ -112,3 +112,14 @@ def test_a_shared_opening_is_run_once_and_changes_no_token(models, monkeypatch):
     assert decoding.shared_length([[1] * 20, [1] * 12]) == 11
     with pytest.raises(ValueError, match="2 prefixes but 1 groups"):
         greedy_continue(models[0], ids[:2], 5, groups=[0])
+
+
+def test_after_opening_lays_out_rows_behind_a_cached_opening(models):
+    """[opening][left padding][own tokens]: the mask covers all three, positions go on from
+    the opening over real tokens only."""
+    from thinklens.decoding import after_opening
+
+    ids, mask, positions = after_opening(models[0], [[5, 6], [7]], shared=3)
+    assert ids[:, -1].tolist() == [6, 7] and ids[0, 0].item() == 5
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 1]]
+    assert positions[0].tolist() == [3, 4] and positions[1, -1].item() == 3
