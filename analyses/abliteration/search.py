@@ -161,6 +161,21 @@ def _parallel(
     return plans_that_fit(model, metrics.harmful, metrics.batch_size, metrics.max_new_tokens)
 
 
+def trial_batches(done: int, todo: int, n_startup: int, most: int) -> list[int]:
+    """The sizes of a parallel search's batches: the start-up trials left, then the sampled
+    ones, each part in as few batches of at most ``most`` as it takes, sized as evenly as
+    possible. So no sampled trial is asked before every start-up trial is told: a batch that
+    mixed them would sample on fewer results, the missing ones counted as the worst seen
+    (Optuna's constant liar)."""
+    startup = min(max(n_startup - done, 0), todo)
+    sizes = []
+    for n in (startup, todo - startup):
+        if n:
+            parts = -(-n // most)
+            sizes += [n // parts + (i < n % parts) for i in range(parts)]
+    return sizes
+
+
 def _fail_stale(study: Any) -> None:
     """Trials left running by an interrupted run of this study are failed, so the sampler
     does not wait on them (one process runs a study at a time)."""
@@ -237,13 +252,14 @@ def search(
             hooks: ``RowPlans``); each trial's KL then runs with its edit written. A decoding
             step bound by reading the weights costs little more for several copies of the
             prompts. TPE then treats the trials still running as the worst seen (Optuna's
-            constant liar). Needs the thinklens protocol and the ``"early_stop"`` or
-            ``"full"`` objective. None: 8 (``PARALLEL_DEFAULT``) for a model that thinks
-            first under the thinklens protocol and ``"early_stop"``, fewer if 8 copies of the
-            prompts' key-value cache do not fit in free memory (``plans_that_fit``); 1
-            otherwise. On organism-aligned, early_stop 8 trials a batch took 1/5.5 of full
-            generation's time a trial, held out, with the same verdicts
-            (``benchmarks/results/fast_objective_batched8.txt``).
+            constant liar); the start-up trials run in batches of their own
+            (``trial_batches``), so the first sampled batch sees all their results. Needs the
+            thinklens protocol and the ``"early_stop"`` or ``"full"`` objective. None: 8
+            (``PARALLEL_DEFAULT``) for a model that thinks first under the thinklens protocol
+            and ``"early_stop"``, fewer if 8 copies of the prompts' key-value cache do not fit
+            in free memory (``plans_that_fit``); 1 otherwise. On organism-aligned, early_stop
+            8 trials a batch took 1/5.5 of full generation's time a trial, held out, with the
+            same verdicts (``benchmarks/results/fast_objective_batched8.txt``).
         space: the parameter space sampled (``suggest``), when it should differ from
             ``protocol``'s: ``"published"`` is Heretic 1.4.0's (both components' ``max_weight``
             in [0.8, 1.5]), ``"thinklens"`` Heretic's later one (the MLP edit can switch off).
@@ -348,8 +364,8 @@ def search(
         study.optimize(objective, n_trials=todo, callbacks=[tick])
     else:
         _fail_stale(study)
-        while todo > 0:
-            trials = [study.ask() for _ in range(min(parallel_trials, todo))]
+        for size in trial_batches(len(done), todo, n_startup_trials, parallel_trials):
+            trials = [study.ask() for _ in range(size)]
             try:
                 params = [suggest(t, model.n_layers, space) for t in trials]
                 plans = [heretic_plan(model, directions, p, protocol) for p in params]
@@ -362,7 +378,6 @@ def search(
             for t, p, m in zip(trials, params, measured, strict=True):
                 study.tell(t, record(t, p, m))
                 tick(study, study.trials[t.number])
-            todo -= len(trials)
     bar.close()
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     return SearchResult(study, _table(complete), _table(study.best_trials))

@@ -7,6 +7,10 @@ has no point within it); then the means over seeds, and how many of Heretic's fr
 thinklens front matches or beats under the judge. Results: ``results/peers_heretic_seeds.txt``.
 
     python benchmarks/peers/heretic_seeds.py results/peers_heretic_seed*.json
+
+Runs are pooled by name. ``--rename SEED:OLD=NEW`` pools one seed's run under another name,
+e.g. the 8-a-batch run of an invocation that named it ``thinklens parallel x8 (heretic)``
+beside invocations that ran 8 a batch as ``thinklens parallel (heretic)``.
 """
 
 from __future__ import annotations
@@ -23,18 +27,48 @@ from common import write_result  # noqa: E402
 from heretic import KL_BUDGETS, covered, judged  # noqa: E402
 
 
+def rename(records: list[dict], spec: str) -> None:
+    """Apply one ``SEED:OLD=NEW`` (see the module) to the record of that seed."""
+    try:
+        seed, names = spec.split(":", 1)
+        old, new = names.split("=", 1)
+        record = next(r for r in records if r["seed"] == int(seed))
+        runs = record["runs"]
+        runs[new] = runs.pop(old)
+    except (ValueError, StopIteration, KeyError) as e:
+        raise SystemExit(
+            f"--rename {spec!r}: give SEED:OLD=NEW with a seed among the records and a run "
+            f"that record has ({type(e).__name__}: {e})"
+        ) from e
+    record["renamed"] = record.get("renamed", []) + [f"{old} -> {new}"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("records", nargs="+", type=Path)
     p.add_argument("--out", type=Path, default=HERE.parent / "results" / "peers_heretic_seeds.txt")
+    p.add_argument(
+        "--rename",
+        nargs="*",
+        default=[],
+        metavar="SEED:OLD=NEW",
+        help="pool run OLD of seed SEED's record as NEW (in place of a run named NEW)",
+    )
     args = p.parse_args()
     records = sorted((json.loads(f.read_text()) for f in args.records), key=lambda r: r["seed"])
+    for spec in args.rename:
+        rename(records, spec)
     seeds = [r["seed"] for r in records]
     names = [n for n in records[0]["runs"] if all(n in r["runs"] for r in records)]
     lines = [
         "thinklens benchmark: Heretic side by side pooled over seeds "
         "(benchmarks/peers/heretic_seeds.py)",
         "records: " + ", ".join(str(f) for f in args.records),
+        *(
+            f"renamed (seed {r['seed']}): {'; '.join(r['renamed'])}"
+            for r in records
+            if "renamed" in r
+        ),
         f"seeds {seeds}; {records[0]['n_prompts']} harmful + {records[0]['n_prompts']} harmless "
         "held-out prompts (AdvBench last, Alpaca test); judge: full generation with thinking, "
         "markers in the answer, KL of the first answer token; a budget without a front point "

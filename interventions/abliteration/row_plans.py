@@ -62,10 +62,12 @@ class RowPlans(Edit):
             )
         self._all = torch.tensor(list(self.rows), dtype=torch.long)
         self._current: Int[Tensor, " row"] = self._all
+        self._version = 0  # counts selections: each hook gathers its rows' terms once a version
 
     def select(self, rows: Sequence[int]) -> None:
         """The batch now holds these of the original rows, in this order."""
         self._current = self._all[torch.tensor(list(rows), dtype=torch.long)]
+        self._version += 1
 
     def install(self, model: Model, tree: nn.Module) -> list[RemovableHandle]:
         per_module: dict[str, list[HookTerms | None]] = {}
@@ -81,23 +83,27 @@ class RowPlans(Edit):
         ]
 
     def _hook(self, t: _ModuleTerms):
+        # The rows' terms, gathered once a selection (a decoding step reuses them: the gathers
+        # cost as much as the edit itself), keyed by (selection, device, rank of the output).
+        gathered: dict[tuple, tuple[Tensor, ...]] = {}
+
         def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-            nonlocal t
-            if t.r.device != out.device:  # once: the terms move to the activations' device
-                t = _ModuleTerms(
-                    *(None if v is None else v.to(out.device) for v in vars(t).values())
-                )
             if out.shape[0] != len(self._current):
                 raise ValueError(
                     f"a forward pass over {out.shape[0]} rows, but RowPlans holds "
                     f"{len(self._current)}: call select with the rows the batch holds"
                 )
+            key = (self._version, out.device, out.dim())
+            if key not in gathered:
+                gathered.clear()
+                idx = self._current.to(t.r.device)
+                shape = (len(idx),) + (1,) * (out.dim() - 2) + (out.shape[-1],)
+                r, n, m = (v[idx].view(shape).to(out.device) for v in (t.r, t.n, t.m))
+                w = t.w[idx].view(shape[:-1] + (1,)).to(out.device)
+                kept = None if t.kept is None else t.kept.to(out.device, torch.float64)
+                gathered[key] = (r, w, kept, n, m)
+            r, w, kept, n, m = gathered[key]
             x = out.double()  # float64, as PlanHooks and the weight engine
-            idx = self._current.to(x.device)
-            shape = (len(idx),) + (1,) * (x.dim() - 2) + (x.shape[-1],)
-            r, n, m = (v[idx].view(shape) for v in (t.r, t.n, t.m))
-            w = t.w[idx].view(shape[:-1] + (1,))
-            kept = None if t.kept is None else t.kept.to(x)
             return edited_output(x, r, w, kept, (n, m)).to(out.dtype)
 
         return post

@@ -11,7 +11,7 @@ import torch
 
 from thinklens.analyses.abliteration.gsm8k import extract_number, gsm8k_accuracy, load_gsm8k
 from thinklens.analyses.abliteration.metrics import AbliterationMetrics
-from thinklens.analyses.abliteration.search import reading_advice, search
+from thinklens.analyses.abliteration.search import reading_advice, search, trial_batches
 from thinklens.data import bundled_prompts
 from thinklens.interventions.abliteration.directions import compute_directions
 from thinklens.interventions.abliteration.weights import apply
@@ -123,7 +123,7 @@ def test_parallel_trials_measure_each_trial_as_written_weights_would(setup, tmp_
     before = {k: v.clone() for k, v in m.hf.state_dict().items()}
     db = tmp_path / "p.db"
     kw = dict(storage=db, n_startup_trials=2, progress=False, parallel_trials=3)
-    res = search(m, d, metrics, n_trials=4, **kw)  # a batch of 3, then one of 1
+    res = search(m, d, metrics, n_trials=4, **kw)  # the 2 start-up trials, then 2 sampled
     assert sorted(res.trials.trial) == [0, 1, 2, 3]
     for k, v in m.hf.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -137,6 +137,20 @@ def test_parallel_trials_measure_each_trial_as_written_weights_would(setup, tmp_
     assert len(again.trials) == 6
     states = [t.state for t in again.study.trials]
     assert states.count(optuna.trial.TrialState.FAIL) == 1
+
+
+def test_trial_batches_keep_start_up_and_sampled_trials_apart():
+    """Start-up trials first, then sampled ones, each part in the fewest batches of at most
+    ``most``, as even as possible; a resumed study counts what is done."""
+    assert trial_batches(0, 30, 10, 8) == [5, 5, 7, 7, 6]
+    assert trial_batches(0, 10, 4, 8) == [4, 6]
+    assert trial_batches(12, 18, 10, 8) == [6, 6, 6]  # start-up done
+    assert trial_batches(3, 4, 10, 8) == [4]  # all of it start-up
+    assert trial_batches(0, 5, 0, 3) == [3, 2]
+    assert trial_batches(5, 0, 10, 8) == []
+    for args in [(0, 30, 10, 8), (7, 41, 20, 6), (0, 3, 60, 4)]:
+        sizes = trial_batches(*args)
+        assert sum(sizes) == args[1] and max(sizes) <= args[3]
 
 
 def test_parallel_trials_need_exact_edits_and_a_generating_objective(setup):
@@ -172,7 +186,8 @@ def test_a_thinking_model_counts_eight_trials_a_batch_by_default(monkeypatch):
     monkeypatch.setattr(RefusalCounter, "verdicts_many", spy)
     kw = dict(n_startup_trials=4, progress=False)
     res = search(m, d, thinks, n_trials=10, **kw)
-    assert PARALLEL_DEFAULT == 8 and batches == [8, 2] and len(res.trials) == 10
+    # The 4 start-up trials in a batch of their own, then the 6 sampled ones.
+    assert PARALLEL_DEFAULT == 8 and batches == [4, 6] and len(res.trials) == 10
     batches.clear()
     search(m, d, thinks, n_trials=2, refusal_objective="full", **kw)  # full: one at a time
     search(m, d, thinks, n_trials=2, parallel_trials=1, **kw)
