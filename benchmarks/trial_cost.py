@@ -7,9 +7,11 @@ default for a model that thinks first: writing the edit, counting refusals (``ea
 the first-answer-token KL (one forward pass over each harmless prompt and the base model's own
 thinking; from the first edited layer with the texts batched by length, and batched by count
 alone, which pads short texts to the longest) and restoring the weights; then the same edits'
-refusals counted 4 and 8 trials a batch (``search``'s ``parallel_trials``), and 4 a batch with
+refusals counted 4 and 8 trials a batch (``search``'s ``parallel_trials``), 4 a batch with
 the chat template's shared opening run for every row instead of once a plan
-(``thinklens.decoding``'s shared prefix turned off). Then it times
+(``thinklens.decoding``'s shared prefix turned off), and 8 a batch with ``transformers``'
+concatenating key-value cache in place of ``thinklens.kv_room``'s (each pair of runs that differ
+in one thing is timed in the same invocation). Then it times
 one greedy decoding step with a key-value cache (after a 40-token prompt) at several batch
 sizes, and the prefill of 128 tokens a row, per token. A step at batch 1 against a token of
 prefill says how much of decoding is reading the weights rather than computing. Results:
@@ -91,20 +93,23 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
         )
     kl_tokens = sum(len(ids) for ids in metrics.answer_ids)
     # The same plans counted ``parallel`` at a time (search's parallel_trials): a trial's share.
-    # "4 unshared": the chat template's opening run for every row, not once a plan.
+    # "4 unshared": the chat template's opening run for every row, not once a plan; "8
+    # concatenating": each step's keys and values concatenated to the cache (no room kept).
     import thinklens.decoding as decoding
 
     parallel = {}
-    least = decoding.MIN_SHARED
-    for k, label in ((4, "4 unshared"), (4, "4"), (8, "8")):
+    least, room = decoding.MIN_SHARED, decoding.with_room
+    runs = ((4, "4 unshared"), (4, "4"), (8, "8 concatenating"), (8, "8"))
+    for k, label in runs:
         decoding.MIN_SHARED = 10**9 if label == "4 unshared" else least
+        decoding.with_room = (lambda cache, _: cache) if "concatenating" in label else room
         start = time.perf_counter()
         same = True
         for i in range(0, len(plans), k):
             counts = [sum(v) for v in metrics.counter.verdicts_many(model, plans[i : i + k])]
             same &= counts == [r["n"] for r in rows[i : i + k]]
         parallel[label] = ((time.perf_counter() - start) / len(plans), same)
-    decoding.MIN_SHARED = least
+    decoding.MIN_SHARED, decoding.with_room = least, room
     sizes = dict(kl_rows=len(metrics.answer_ids), kl_tokens=kl_tokens, keep=keep_seconds)
     return rows, sizes | dict(parallel=parallel)
 
@@ -185,8 +190,12 @@ def main() -> None:
         f"count, no length batches) / kl_kept: {pad_ratio:.2f}x",
     ]
     for label, (sec, same) in sizes["parallel"].items():
-        k, _, unshared = label.partition(" ")
-        how = ", the chat template's opening run for every row" if unshared else ""
+        k, _, variant = label.partition(" ")
+        how = {
+            "": "",
+            "unshared": ", the chat template's opening run for every row",
+            "concatenating": ", the key-value cache concatenated each step (no room kept)",
+        }[variant]
         lines.append(
             f"refusals, {k} trials a batch (parallel_trials={k}{how}): {sec:.2f} s a trial, "
             f"{statistics.mean(r['refusals'] for r in rows) / sec:.2f}x one at a time; the same "

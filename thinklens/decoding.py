@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from thinklens.kv_room import with_room
 from thinklens.model import Model
 from thinklens.positions import Positions
 
@@ -86,6 +87,9 @@ def cache_of(out) -> object:
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
 
+
+#: Positions of room a decoding cache starts with (``thinklens.kv_room``).
+ROOM = 128
 
 #: The fewest shared opening tokens worth a pass of their own (below it they are run per row).
 MIN_SHARED = 8
@@ -180,7 +184,9 @@ def _batch(
         new, stopped = finish(new, closed[r], eos, max_new_tokens, answer_tokens)
         news.append(new)
         done.append(stopped)
-    cache = cache_of(out)
+    # Room for the steps to come, kept in place rather than concatenated each step; it doubles
+    # when full, so a long generation holds at most twice what it writes.
+    cache = with_room(cache_of(out), min(max_new_tokens, ROOM))
     key = cache_kwarg(model.hf)
     active = list(range(len(news)))
     while True:

@@ -120,33 +120,51 @@ class PlanHooks(Edit):
         return handles
 
 
-def edited_output(
-    x: Float[Tensor, "... d_model"],
+Coefficients = tuple[Tensor | None, Tensor, Tensor]
+
+
+def hook_coefficients(
     r: Float[Tensor, "... d_model"],
     w: float | Float[Tensor, "... 1"],
-    kept: Float[Tensor, " d_model"] | None,
     norms: tuple[Tensor, Tensor] | None,
+) -> Coefficients:
+    """``(a, b, c)`` with which ``HookTerms``' formula is ``part * a - (part . b) c``: with
+    ``y = part / n``, ``(y - w (y . r) r) (n / m) = part / m - (part . r / n) w r n / m``
+    (``a`` None without norms). Computed once an edit, so a hook does three element-wise passes."""
+    if norms is None:
+        return None, r, w * r
+    n, m = norms
+    return 1 / m, r / n, w * r * n / m
+
+
+def edited_output(
+    x: Float[Tensor, "... d_model"],
+    coefficients: Coefficients,
+    kept: Float[Tensor, " d_model"] | None,
 ) -> Float[Tensor, "... d_model"]:
-    """A module's output ``x`` under an exact edit (``HookTerms``' formula): ``r``, ``w`` and
-    the norms broadcast against ``x``, one edit for every row or one a row (``RowPlans``)."""
+    """A module's output ``x`` under an exact edit (``HookTerms``' formula, as
+    ``hook_coefficients``), which broadcast against ``x``: one edit for every row or one a row
+    (``RowPlans``)."""
+    a, b, c = coefficients
     part = x if kept is None else x - kept  # only the weight's write
-    y = part if norms is None else part / norms[0]
-    new = y - w * (y * r).sum(-1, keepdim=True) * r
-    if norms is not None:
-        new = new * (norms[0] / norms[1])
+    new = (part if a is None else part * a) - (part * b).sum(-1, keepdim=True) * c
     return new if kept is None else new + kept
 
 
 def _remove_hook(t: HookTerms):
     """The forward hook of one edit: the direction removed from the weight's write."""
 
+    on: dict[torch.device, Coefficients] = {}  # computed once a device
+
     def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
         # In float64, like the weight engine: float32 rounding of large activations would
         # otherwise dominate the comparison with the edited weights.
         x = out.double()
+        if x.device not in on:
+            norms = None if t.norms is None else tuple(v.to(x.device) for v in t.norms)
+            on[x.device] = hook_coefficients(t.r.to(x.device), t.w, norms)
         kept = None if t.kept is None else t.kept.to(x)
-        norms = None if t.norms is None else tuple(v.to(x.device) for v in t.norms)
-        return edited_output(x, t.r.to(x.device), t.w, kept, norms).to(out.dtype)
+        return edited_output(x, on[x.device], kept).to(out.dtype)
 
     return post
 

@@ -23,20 +23,24 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from thinklens.hooks import Edit
-from thinklens.interventions.abliteration.ablation import HookTerms, edited_output, hook_terms
+from thinklens.interventions.abliteration.ablation import (
+    HookTerms,
+    edited_output,
+    hook_coefficients,
+    hook_terms,
+)
 from thinklens.interventions.abliteration.matrix import MatrixEdit
 from thinklens.model import Model, get_path
 
 
 @dataclass
 class _ModuleTerms:
-    """One module's edit under every plan, stacked: row ``p`` is plan ``p``'s (zeros, ones for
-    a plan that leaves the module alone)."""
+    """One module's edit under every plan as ``hook_coefficients``, stacked: row ``p`` is plan
+    ``p``'s (the identity, ``a = 1, b = c = 0``, for a plan that leaves the module alone)."""
 
-    r: Float[Tensor, "plan d_model"]
-    w: Float[Tensor, " plan"]
-    n: Float[Tensor, "plan d_model"]
-    m: Float[Tensor, "plan d_model"]
+    a: Float[Tensor, "plan d_model"]
+    b: Float[Tensor, "plan d_model"]
+    c: Float[Tensor, "plan d_model"]
     kept: Float[Tensor, " d_model"] | None
 
 
@@ -96,15 +100,14 @@ class RowPlans(Edit):
             key = (self._version, out.device, out.dim())
             if key not in gathered:
                 gathered.clear()
-                idx = self._current.to(t.r.device)
+                idx = self._current.to(t.a.device)
                 shape = (len(idx),) + (1,) * (out.dim() - 2) + (out.shape[-1],)
-                r, n, m = (v[idx].view(shape).to(out.device) for v in (t.r, t.n, t.m))
-                w = t.w[idx].view(shape[:-1] + (1,)).to(out.device)
+                abc = tuple(v[idx].view(shape).to(out.device) for v in (t.a, t.b, t.c))
                 kept = None if t.kept is None else t.kept.to(out.device, torch.float64)
-                gathered[key] = (r, w, kept, n, m)
-            r, w, kept, n, m = gathered[key]
+                gathered[key] = (abc, kept)
+            abc, kept = gathered[key]
             x = out.double()  # float64, as PlanHooks and the weight engine
-            return edited_output(x, r, w, kept, (n, m)).to(out.dtype)
+            return edited_output(x, abc, kept).to(out.dtype)
 
         return post
 
@@ -117,24 +120,15 @@ def _stack(name: str, slots: list[HookTerms | None]) -> _ModuleTerms:
             f"{name}: some plans edit its bias and some keep it; plan them all with the same bias"
         )
     d = present[0].r.shape[-1]
-    ones = torch.ones(d, dtype=torch.float64)
-    r, w, n, m = [], [], [], []
+    identity = (torch.ones(d), torch.zeros(d), torch.zeros(d))
+    a, b, c = [], [], []
     for t in slots:
-        if t is None:  # this plan leaves the module alone: the identity
-            r.append(torch.zeros(d, dtype=torch.float64))
-            w.append(0.0)
-            n.append(ones)
-            m.append(ones)
-            continue
-        r.append(t.r.cpu())
-        w.append(t.w)
-        norms = t.norms if t.norms is not None else (ones, ones)
-        n.append(norms[0].double().cpu())
-        m.append(norms[1].double().cpu())
-    return _ModuleTerms(
-        torch.stack(r),
-        torch.tensor(w, dtype=torch.float64),
-        torch.stack(n),
-        torch.stack(m),
-        present[0].kept,
-    )
+        if t is None:  # this plan leaves the module alone
+            terms = identity
+        else:
+            norms = None if t.norms is None else tuple(v.cpu() for v in t.norms)
+            terms = hook_coefficients(t.r.cpu(), t.w, norms)
+            terms = (identity[0] if terms[0] is None else terms[0], *terms[1:])
+        for out, v in zip((a, b, c), terms, strict=True):
+            out.append(v.to(torch.float64))
+    return _ModuleTerms(torch.stack(a), torch.stack(b), torch.stack(c), present[0].kept)

@@ -11,7 +11,11 @@ import thinklens as tl
 import thinklens.decoding as decoding
 from thinklens.data import bundled_prompts
 from thinklens.interventions.abliteration import compute_directions, edited, heretic_plan
-from thinklens.interventions.abliteration.ablation import PlanHooks
+from thinklens.interventions.abliteration.ablation import (
+    PlanHooks,
+    edited_output,
+    hook_coefficients,
+)
 from thinklens.interventions.abliteration.heretic import HereticParams, Kernel
 from thinklens.interventions.abliteration.row_plans import RowPlans
 from thinklens.testing import tiny_model
@@ -122,3 +126,25 @@ def test_bad_rows_are_clear_errors():
     low = [dataclasses.replace(e, low_rank=3) for e in plans[0]]
     with pytest.raises(ValueError, match="no hook form"), tl.intervene(m, RowPlans([low], [0])):
         pass
+
+
+@pytest.mark.parametrize("norms", [False, True])
+@pytest.mark.parametrize("kept", [False, True])
+def test_hook_coefficients_give_the_edit_formula(norms, kept):
+    """``part * a - (part . b) c`` is ``(y - w (y . r) r) (n / m) + kept`` with ``y = part / n``,
+    for one edit and for one edit a row."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 8, generator=g, dtype=torch.float64)
+    r = torch.randn(4, 1, 8, generator=g, dtype=torch.float64)
+    r = r / r.norm(dim=-1, keepdim=True)
+    w = torch.rand(4, 1, 1, generator=g, dtype=torch.float64)
+    n = torch.rand(4, 1, 8, generator=g, dtype=torch.float64) + 0.5 if norms else None
+    m = torch.rand(4, 1, 8, generator=g, dtype=torch.float64) + 0.5 if norms else None
+    bias = torch.randn(8, generator=g, dtype=torch.float64) if kept else None
+    part = x if bias is None else x - bias
+    y = part if n is None else part / n
+    want = y - w * (y * r).sum(-1, keepdim=True) * r
+    want = want if n is None else want * (n / m)
+    want = want if bias is None else want + bias
+    got = edited_output(x, hook_coefficients(r, w, None if n is None else (n, m)), bias)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -1,0 +1,68 @@
+"""A cache with room gives the logits of transformers' concatenating cache, step by step, as it
+grows past its room, drops rows and is cropped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+from thinklens.decoding import cache_kwarg, cache_of
+from thinklens.kv_room import RoomyLayer, with_room
+from thinklens.testing import tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("llama", backend="nnsight")
+
+
+def _step(hf, ids, cache):
+    out = hf(input_ids=ids, use_cache=True, **{cache_kwarg(hf): cache})
+    return out.logits[:, -1], cache_of(out)
+
+
+@torch.no_grad()
+def test_room_gives_the_concatenating_caches_logits(model):
+    hf = model.hf
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 100, (3, 6), generator=g)
+    plain = cache_of(hf(input_ids=ids, use_cache=True))
+    roomy = cache_of(hf(input_ids=ids, use_cache=True))
+    with_room(roomy, 2)  # fewer places than the steps below: it must grow
+    assert all(isinstance(layer, RoomyLayer) for layer in roomy.layers)
+    keep = torch.tensor([2, 0])
+    for t in range(5):
+        step = torch.randint(5, 100, (plain.layers[0].keys.shape[0], 1), generator=g)
+        want, plain = _step(hf, step, plain)
+        got, roomy = _step(hf, step, roomy)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        assert roomy.get_seq_length() == plain.get_seq_length() == 7 + t
+        if t == 2:  # a row leaves the batch, the others are reordered
+            plain.batch_select_indices(keep)
+            roomy.batch_select_indices(keep)
+    for layer_p, layer_r in zip(plain.layers, roomy.layers, strict=True):
+        torch.testing.assert_close(layer_r.keys, layer_p.keys, rtol=0, atol=0)
+    plain.crop(-3)
+    roomy.crop(-3)
+    assert roomy.get_seq_length() == plain.get_seq_length() == 8
+    step = torch.randint(5, 100, (2, 1), generator=g)
+    torch.testing.assert_close(
+        _step(hf, step, roomy)[0], _step(hf, step, plain)[0], atol=1e-6, rtol=0
+    )
+
+
+def test_with_room_changes_plain_layers_only():
+    k = torch.randn(2, 1, 3, 4)
+    plain, sliding = DynamicLayer(), DynamicSlidingWindowLayer(sliding_window=8)
+    plain.update(k, k)
+    sliding.update(k, k)
+    cache = DynamicCache()
+    cache.layers = [plain, sliding, DynamicLayer()]  # the last never filled
+    with_room(cache, 4)
+    assert type(cache.layers[0]) is RoomyLayer and cache.layers[1] is sliding
+    assert type(cache.layers[2]) is DynamicLayer
+    torch.testing.assert_close(cache.layers[0].keys, k)
+    assert with_room(None, 4) is None
+    with pytest.raises(ValueError, match="as < 0"):
+        cache.layers[0].crop(1)
