@@ -185,8 +185,8 @@ def _batch(
         news.append(new)
         done.append(stopped)
     # Room for the steps to come, kept in place rather than concatenated each step; it doubles
-    # when full, so a long generation holds at most twice what it writes.
-    cache = with_room(cache_of(out), min(max_new_tokens, ROOM))
+    # when full, never past the positions the longest row can still write.
+    cache = with_room(cache_of(out), ROOM, most=max_new_tokens)
     key = cache_kwarg(model.hf)
     active = list(range(len(news)))
     while True:

@@ -23,11 +23,13 @@ KV = Float[Tensor, "batch heads pos head_dim"]
 class RoomyLayer(DynamicLayer):
     """A ``DynamicLayer`` whose keys and values are views of buffers longer than them."""
 
-    def __init__(self, keys: KV, values: KV, room: int) -> None:
+    def __init__(self, keys: KV, values: KV, room: int, most: int | None = None) -> None:
         super().__init__()
         self.device = keys.device
         self.is_initialized = True
         self.length = keys.shape[-2]
+        #: The most positions it will hold (None: no bound): its room never grows past them.
+        self.most = most
         self._k = self._spaced(keys, self.length + room)
         self._v = self._spaced(values, self.length + room)
         self._views()
@@ -47,6 +49,8 @@ class RoomyLayer(DynamicLayer):
         end = self.length + key_states.shape[-2]
         if end > self._k.shape[-2]:
             capacity = max(end, 2 * self._k.shape[-2])
+            if self.most is not None:
+                capacity = max(end, min(capacity, self.most))
             self._k = self._spaced(self.keys, capacity)
             self._v = self._spaced(self.values, capacity)
         self._k[..., self.length : end, :] = key_states
@@ -57,6 +61,11 @@ class RoomyLayer(DynamicLayer):
 
     def get_seq_length(self) -> int:
         return self.length
+
+    @property
+    def capacity(self) -> int:
+        """The positions its buffers hold (its length and the room after it)."""
+        return self._k.shape[-2]
 
     def batch_select_indices(self, indices: Tensor) -> None:
         """Keep the rows ``indices`` (the room is kept)."""
@@ -84,13 +93,19 @@ class RoomyLayer(DynamicLayer):
         self._views()
 
 
-def with_room(cache: object, room: int) -> object:
+def with_room(cache: object, room: int, most: int | None = None) -> object:
     """``cache`` with each plain ``DynamicLayer`` holding room for ``room`` more positions
-    (changed in place, and returned); a cache without ``layers`` is returned as it is."""
+    (changed in place, and returned), growing to at most ``most`` more than it holds now (so a
+    decoder that writes at most that many never holds more than the concatenating cache would);
+    a cache without ``layers`` is returned as it is."""
     layers = getattr(cache, "layers", None)
     if layers is None or room < 1:
         return cache
     for i, layer in enumerate(layers):
         if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.numel():
-            layers[i] = RoomyLayer(layer.keys, layer.values, room)
+            n = layer.keys.shape[-2]
+            room_now = room if most is None else min(room, most)
+            layers[i] = RoomyLayer(
+                layer.keys, layer.values, room_now, None if most is None else n + most
+            )
     return cache

@@ -66,3 +66,23 @@ def test_with_room_changes_plain_layers_only():
     assert with_room(None, 4) is None
     with pytest.raises(ValueError, match="as < 0"):
         cache.layers[0].crop(1)
+
+
+def test_room_grows_no_further_than_the_positions_left():
+    """With ``most``, the room never grows past what a decoder can still write."""
+    k = torch.randn(2, 1, 5, 4)
+    cache = DynamicCache()
+    layer = DynamicLayer()
+    layer.update(k, k)
+    cache.layers = [layer]
+    with_room(cache, 2, most=3)
+    roomy = cache.layers[0]
+    step = torch.randn(2, 1, 1, 4)
+    capacities = []
+    for _ in range(3):
+        roomy.update(step, step)
+        capacities.append(roomy.capacity)
+    assert capacities == [7, 7, 8]  # 5 + 2, then doubled but held to 5 + 3
+    roomy.update(step, step)  # past the bound still works (grows to what it must hold)
+    assert roomy.get_seq_length() == 9 and roomy.capacity == 9
+    torch.testing.assert_close(roomy.keys[..., :5, :], k)
