@@ -130,7 +130,8 @@ def hook_coefficients(
 ) -> Coefficients:
     """``(a, b, c)`` with which ``HookTerms``' formula is ``part * a - (part . b) c``: with
     ``y = part / n``, ``(y - w (y . r) r) (n / m) = part / m - (part . r / n) w r n / m``
-    (``a`` None without norms). Computed once an edit, so a hook does three element-wise passes."""
+    (``a`` None without norms). Computed once an edit, so a hook scales, takes one dot product
+    and subtracts, where the formula's own steps divide, dot, subtract and rescale."""
     if norms is None:
         return None, r, w * r
     n, m = norms
