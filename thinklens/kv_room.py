@@ -23,13 +23,13 @@ KV = Float[Tensor, "batch heads pos head_dim"]
 class RoomyLayer(DynamicLayer):
     """A ``DynamicLayer`` whose keys and values are views of buffers longer than them."""
 
-    def __init__(self, keys: KV, values: KV, room: int, most: int | None = None) -> None:
+    def __init__(self, keys: KV, values: KV, room: int, limit: int | None = None) -> None:
         super().__init__()
         self.device = keys.device
         self.is_initialized = True
         self.length = keys.shape[-2]
         #: The most positions it will hold (None: no bound): its room never grows past them.
-        self.most = most
+        self.limit = limit
         self._k = self._spaced(keys, self.length + room)
         self._v = self._spaced(values, self.length + room)
         self._views()
@@ -47,10 +47,10 @@ class RoomyLayer(DynamicLayer):
     def update(self, key_states: KV, value_states: KV, *args, **kwargs) -> tuple[KV, KV]:
         """Write the new positions after the cached ones (doubling the room when full)."""
         end = self.length + key_states.shape[-2]
-        if end > self._k.shape[-2]:
-            capacity = max(end, 2 * self._k.shape[-2])
-            if self.most is not None:
-                capacity = max(end, min(capacity, self.most))
+        if end > self.capacity:
+            capacity = max(end, 2 * self.capacity)
+            if self.limit is not None:
+                capacity = max(end, min(capacity, self.limit))
             self._k = self._spaced(self.keys, capacity)
             self._v = self._spaced(self.values, capacity)
         self._k[..., self.length : end, :] = key_states
@@ -69,9 +69,9 @@ class RoomyLayer(DynamicLayer):
 
     def batch_select_indices(self, indices: Tensor) -> None:
         """Keep the rows ``indices`` (the room is kept)."""
-        room = self._k.shape[-2] - self.length
-        self._k = self._spaced(self.keys[indices], self.length + room)
-        self._v = self._spaced(self.values[indices], self.length + room)
+        capacity = self.capacity
+        self._k = self._spaced(self.keys[indices], capacity)
+        self._v = self._spaced(self.values[indices], capacity)
         self._views()
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -101,11 +101,9 @@ def with_room(cache: object, room: int, most: int | None = None) -> object:
     layers = getattr(cache, "layers", None)
     if layers is None or room < 1:
         return cache
+    room = room if most is None else min(room, most)
     for i, layer in enumerate(layers):
         if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.numel():
-            n = layer.keys.shape[-2]
-            room_now = room if most is None else min(room, most)
-            layers[i] = RoomyLayer(
-                layer.keys, layer.values, room_now, None if most is None else n + most
-            )
+            limit = None if most is None else layer.keys.shape[-2] + most
+            layers[i] = RoomyLayer(layer.keys, layer.values, room, limit)
     return cache
