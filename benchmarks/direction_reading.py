@@ -76,6 +76,9 @@ def main() -> None:
     p.add_argument("--judge-tokens", type=int, default=256)
     p.add_argument("--kl-target", type=float, default=None, help="search()'s KL shaping")
     p.add_argument(
+        "--schedule", choices=["batches", "in_flight"], default=None, help="search()'s schedule"
+    )
+    p.add_argument(
         "--space", choices=["thinklens", "published"], default=None, help="search()'s space"
     )
     p.add_argument("--out", type=Path, default=RESULTS / "direction_reading.txt")
@@ -135,7 +138,8 @@ def main() -> None:
         f"VALIDATION (trials and judge): MaliciousInstruct first {n} + Alpaca val first {n}",
         f"search: parallel_trials {args.parallel_trials}, {args.trials} trials, {args.startup} "
         f"start-up, batch {args.batch_size}, kl_target {args.kl_target}, space "
-        f"{args.space or 'thinklens'}, thinklens defaults otherwise",
+        f"{args.space or 'thinklens'}, schedule {args.schedule or 'batches'}, thinklens defaults "
+        "otherwise",
         f"judge: full generation, {args.judge_tokens} new tokens, markers in the answer after "
         f"the thinking; KL of the first answer token; base refusals {base} of {n}",
         "",

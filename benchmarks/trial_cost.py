@@ -9,10 +9,12 @@ thinking; from the first edited layer with the texts batched by length, and batc
 alone, which pads short texts to the longest) and restoring the weights; then the same edits'
 refusals counted 4 and 8 trials a batch (``search``'s ``parallel_trials``), 4 a batch with
 the chat template's shared opening run for every row instead of once a plan
-(``thinklens.decoding``'s shared prefix turned off), and 8 a batch with ``transformers``'
-concatenating key-value cache in place of ``thinklens.kv_room``'s (each pair of runs that differ
-in one thing is timed in the same invocation). Then it times
-one greedy decoding step with a key-value cache (after a 40-token prompt) at several batch
+(``thinklens.decoding``'s shared prefix turned off), 8 a batch with ``transformers``'
+concatenating key-value cache in place of ``thinklens.kv_room``'s, and 8 in flight
+(``search``'s ``schedule="in_flight"``: one running batch that each trial joins as soon as
+fewer than 8 are unfinished; it differs from 8 a batch only with more than 8 trials).
+Each pair of runs that differ in one thing is timed in the same invocation. Then it times one
+greedy decoding step with a key-value cache (after a 40-token prompt) at several batch
 sizes, and the prefill of 128 tokens a row, per token. A step at batch 1 against a token of
 prefill says how much of decoding is reading the weights rather than computing. Results:
 ``results/trial_cost.txt``.
@@ -102,7 +104,7 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
     runs = ((4, "4 unshared"), (4, "4"), (8, "8 concatenating"), (8, "8"))
     for k, label in runs:
         decoding.MIN_SHARED = 10**9 if label == "4 unshared" else least
-        decoding.with_room = (lambda cache, _: cache) if "concatenating" in label else room
+        decoding.with_room = (lambda cache, *_, **__: cache) if "concatenating" in label else room
         start = time.perf_counter()
         same = True
         for i in range(0, len(plans), k):
@@ -110,6 +112,25 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
             same &= counts == [r["n"] for r in rows[i : i + k]]
         parallel[label] = ((time.perf_counter() - start) / len(plans), same)
     decoding.MIN_SHARED, decoding.with_room = least, room
+    # In flight: one running batch of at most 8 trials, each plan joining as soon as one is
+    # done (search's schedule="in_flight"); the same plans, in the same order.
+    from thinklens.analyses.abliteration.in_flight import count_in_flight
+    from thinklens.interventions.abliteration.heretic import heretic_modules
+
+    queue, got = list(enumerate(plans)), {}
+    rows_in_flight = 8 * len(metrics.counter.prompts)
+    start = time.perf_counter()
+    count_in_flight(
+        model,
+        metrics.counter,
+        heretic_modules(model),
+        rows_in_flight,
+        lambda: queue.pop(0) if queue else None,
+        lambda key, verdicts: got.__setitem__(key, sum(verdicts)),
+        trials=8,
+    )
+    same = [got[i] for i in range(len(plans))] == [r["n"] for r in rows]
+    parallel["8 in flight"] = ((time.perf_counter() - start) / len(plans), same)
     sizes = dict(kl_rows=len(metrics.answer_ids), kl_tokens=kl_tokens, keep=keep_seconds)
     return rows, sizes | dict(parallel=parallel)
 
@@ -195,6 +216,7 @@ def main() -> None:
             "": "",
             "unshared": ", the chat template's opening run for every row",
             "concatenating": ", the key-value cache concatenated each step (no room kept)",
+            "in flight": ", schedule='in_flight': each trial joins the running batch when it fits",
         }[variant]
         lines.append(
             f"refusals, {k} trials a batch (parallel_trials={k}{how}): {sec:.2f} s a trial, "

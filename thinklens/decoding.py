@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Int
@@ -88,6 +89,51 @@ def cache_of(out) -> object:
     return cache if cache is not None else out.past_key_values
 
 
+@dataclass(frozen=True)
+class StopRules:
+    """Where greedy generation stops (``finish``), and the padding trimmed from its output."""
+
+    tokenizer: object
+    eos: frozenset[int]
+    pad: int
+    max_new_tokens: int
+    answer_tokens: int | None
+    close: str
+
+    @classmethod
+    def of(cls, model: Model, max_new_tokens: int, answer_tokens: int | None) -> StopRules:
+        tok = model.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        eos = frozenset(stop_token_ids(tok))
+        return cls(tok, eos, pad, max_new_tokens, answer_tokens, model.thinking.close)
+
+
+@dataclass
+class Decoded:
+    """One row's greedy tokens so far, and whether it has stopped."""
+
+    rules: StopRules
+    new: list[int] = field(default_factory=list)
+    closed: int | None = None  # tokens it took to close the thinking (``close_end``)
+    done: bool = False
+
+    def extend(self, tokens: list[int]) -> Decoded:
+        """The row after ``tokens`` more, cut where generation would have stopped."""
+        r = self.rules
+        new = self.new + tokens
+        if r.answer_tokens is not None:  # only an answer-token stop needs the marker's place
+            self.closed = close_seen(r.tokenizer, new, r.close, self.closed)
+        self.new, self.done = finish(new, self.closed, r.eos, r.max_new_tokens, r.answer_tokens)
+        return self
+
+    def output(self) -> list[int]:
+        """The tokens, trailing padding dropped (as ``continue_ids``)."""
+        new = list(self.new)
+        while new and new[-1] == self.rules.pad:
+            new.pop()
+        return new
+
+
 #: Positions of room a decoding cache starts with (``thinklens.kv_room``).
 ROOM = 128
 
@@ -116,13 +162,13 @@ def after_opening(
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
 
 
-def _positions_free(model: Model) -> bool:
+def positions_free(model: Model) -> bool:
     """Whether no active edit acts at chosen positions: those read each row's prompt from the
     first pass of a generation (``thinklens.positions``), so the opening is not run apart."""
     return all(Positions.parse(e.positions).is_all for i in model.interventions for e in i.edits)
 
 
-def _shared_cache(
+def shared_cache(
     model: Model, opening: list[int], groups: list[int], on_rows: Callable[[list[int]], None]
 ) -> object:
     """The key-value cache of ``opening``, run once per distinct group (under that group's
@@ -139,27 +185,23 @@ def _shared_cache(
 
 
 @torch.no_grad()
-def _batch(
+def first_pass(
     model: Model,
     prefixes: list[list[int]],
     drafts: list[list[int]],
     max_new_tokens: int,
     answer_tokens: int | None,
-    pad: int,
     on_rows: Callable[[list[int]], None],
     groups: list[int],
-) -> list[list[int]]:
-    """One batch: the shared opening once a group, then the drafts checked in one pass, then
-    greedy steps from each row's first difference with the pass's own cache (rejected draft
-    tokens masked out, like padding)."""
-    tok, close = model.tokenizer, model.thinking.close
-    eos = stop_token_ids(tok)
-    watch = answer_tokens is not None  # only an answer-token stop needs the marker's place
-    shareable = len(prefixes) > len(set(groups)) and _positions_free(model)
+) -> tuple[object, Int[Tensor, "batch width"], list[Decoded]]:
+    """The shared opening once a group, then the drafts checked in one pass: the pass's key-value
+    cache (with room for the steps to come), its mask (rejected draft tokens masked out, like
+    padding) and each row's tokens so far."""
+    shareable = len(prefixes) > len(set(groups)) and positions_free(model)
     shared = shared_length(prefixes) if shareable else 0
     past = {}
     if shared:
-        past = {cache_kwarg(model.hf): _shared_cache(model, prefixes[0][:shared], groups, on_rows)}
+        past = {cache_kwarg(model.hf): shared_cache(model, prefixes[0][:shared], groups, on_rows)}
     rest = [p[shared:] + d for p, d in zip(prefixes, drafts, strict=True)]
     ids, mask, positions = after_opening(model, rest, shared)
     keep = max(len(d) for d in drafts) + 1
@@ -174,25 +216,49 @@ def _batch(
     )
     choice = out.logits.argmax(-1).tolist()
     width = mask.shape[1]
-    news, done, closed = [], [], []
+    rules = StopRules.of(model, max_new_tokens, answer_tokens)
+    rows = []
     for r, draft in enumerate(drafts):
         mine = choice[r][keep - 1 - len(draft) :]  # mine[j]: the choice after draft[:j]
         j = next((j for j, t in enumerate(draft) if mine[j] != t), len(draft))
         mask[r, width - len(draft) + j :] = 0  # the rejected draft tokens
-        new = draft[:j] + [mine[j]]
-        closed.append(close_seen(tok, new, close, None) if watch else None)
-        new, stopped = finish(new, closed[r], eos, max_new_tokens, answer_tokens)
-        news.append(new)
-        done.append(stopped)
+        rows.append(Decoded(rules).extend(draft[:j] + [mine[j]]))
     # Room for the steps to come, kept in place rather than concatenated each step; it doubles
     # when full, never past the positions the longest row can still write.
-    cache = with_room(cache_of(out), ROOM, most=max_new_tokens)
-    key = cache_kwarg(model.hf)
-    active = list(range(len(news)))
+    return with_room(cache_of(out), ROOM, most=max_new_tokens), mask, rows
+
+
+@torch.no_grad()
+def next_step(
+    model: Model, cache: object, mask: Int[Tensor, "batch width"], last: list[int]
+) -> tuple[object, Int[Tensor, "batch width+1"], list[int]]:
+    """One greedy step of every row of ``cache`` after its token ``last``: the cache and mask
+    one position longer, and each row's next token."""
+    step = torch.tensor([[t] for t in last], device=mask.device)
+    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    out = model.hf(
+        input_ids=step,
+        attention_mask=mask,
+        position_ids=mask.sum(-1, keepdim=True) - 1,
+        use_cache=True,
+        **{cache_kwarg(model.hf): cache},
+    )
+    return cache_of(out), mask, out.logits[:, -1].argmax(-1).tolist()
+
+
+def _decode(
+    model: Model,
+    cache: object,
+    mask: Int[Tensor, "batch width"],
+    rows: list[Decoded],
+    on_rows: Callable[[list[int]], None],
+) -> list[list[int]]:
+    """Greedy steps after ``first_pass`` until every row stops; each row's new tokens."""
+    active = list(range(len(rows)))
     while True:
         # A finished row leaves the batch (and the cache): the steps after it cost only the
         # rows still writing, where generate computes every row until the last one stops.
-        still = [k for k, r in enumerate(active) if not done[r]]
+        still = [k for k, r in enumerate(active) if not rows[r].done]
         if not still:
             break
         if len(still) < len(active):
@@ -201,24 +267,10 @@ def _batch(
             mask = mask[keep_rows]
             active = [active[k] for k in still]
             on_rows(active)
-        step = torch.tensor([[news[r][-1]] for r in active], device=ids.device)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model.hf(
-            input_ids=step,
-            attention_mask=mask,
-            position_ids=mask.sum(-1, keepdim=True) - 1,
-            use_cache=True,
-            **{key: cache},
-        )
-        cache = cache_of(out)
-        for r, t in zip(active, out.logits[:, -1].argmax(-1).tolist(), strict=True):
-            new = news[r] + [t]
-            closed[r] = close_seen(tok, new, close, closed[r]) if watch else None
-            news[r], done[r] = finish(new, closed[r], eos, max_new_tokens, answer_tokens)
-    for row in news:
-        while row and row[-1] == pad:  # as continue_ids: trailing padding is not output
-            row.pop()
-    return news
+        cache, mask, tokens = next_step(model, cache, mask, [rows[r].new[-1] for r in active])
+        for r, t in zip(active, tokens, strict=True):
+            rows[r].extend([t])
+    return [r.output() for r in rows]
 
 
 def greedy_continue(
@@ -260,8 +312,6 @@ def greedy_continue(
         raise ValueError(f"max_new_tokens={max_new_tokens}: give at least 1")
     if not prefixes or any(len(p) == 0 for p in prefixes):
         raise ValueError("greedy_continue needs non-empty token prefixes")
-    tok = model.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     final = []
     for start in range(0, len(prefixes), batch_size):
         rows = range(start, min(start + batch_size, len(prefixes)))
@@ -270,14 +320,14 @@ def greedy_continue(
             if on_rows is not None:
                 on_rows([start + r for r in active])
 
-        final += _batch(
+        cache, mask, decoded = first_pass(
             model,
             [list(prefixes[i]) for i in rows],
             [list(drafts[i])[:max_new_tokens] for i in rows],
             max_new_tokens,
             answer_tokens,
-            pad,
             shifted,
             [groups[i] for i in rows],
         )
+        final += _decode(model, cache, mask, decoded, shifted)
     return final

@@ -1,19 +1,21 @@
 """A key-value cache layer with room to grow: a decoding step writes its token's keys and values
 into space kept for them, where ``transformers``' ``DynamicLayer`` concatenates, copying the
-whole cache every step: on organism-aligned, refusals counted 8 trials a batch took 3.54 s a
-trial with room against 3.77 s concatenating (``benchmarks/results/trial_cost.txt``).
+whole cache every step: on organism-aligned, refusals counted 8 trials a batch took 3.19 s a
+trial with room against 3.38 s concatenating (``benchmarks/results/trial_cost.txt``).
 
 ``with_room(cache, room)`` turns a filled ``DynamicCache``'s plain layers into
 ``RoomyLayer``s in place. Attention then reads a view of the first ``length`` positions: the
 same keys and values, so the same logits. Sliding-window and other layer kinds are left as they
 are. ``transformers``' ``StaticLayer`` keeps room too, but cannot drop rows
-(``batch_select_indices``), which the decoder needs when a row stops.
+(``batch_select_indices``), which the decoder needs when a row stops. ``joined`` puts the rows
+of several caches in one, aligned at their newest token (``thinklens.in_flight``'s rows join a
+running batch so).
 """
 
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformers.cache_utils import DynamicLayer
 
@@ -33,6 +35,27 @@ class RoomyLayer(DynamicLayer):
         self._k = self._spaced(keys, self.length + room)
         self._v = self._spaced(values, self.length + room)
         self._views()
+
+    @classmethod
+    def stacked(
+        cls, parts: list[tuple[KV, KV]], width: int, room: int, limit: int | None = None
+    ) -> RoomyLayer:
+        """The rows of every part's keys and values in one layer ``width`` positions long, each
+        part's positions at the right end (the positions to their left zero: padding)."""
+        k0 = parts[0][0]
+        rows = sum(k.shape[0] for k, _ in parts)
+        shape = (rows, *k0.shape[1:-2], width + room, k0.shape[-1])
+        layer = cls(k0[:0, ..., :0, :], parts[0][1][:0, ..., :0, :], 0, limit)
+        layer._k, layer._v = k0.new_zeros(shape), parts[0][1].new_zeros(shape)
+        start = 0
+        for k, v in parts:
+            n, at = k.shape[0], width - k.shape[-2]
+            layer._k[start : start + n, ..., at:width, :] = k
+            layer._v[start : start + n, ..., at:width, :] = v
+            start += n
+        layer.length = width
+        layer._views()
+        return layer
 
     @staticmethod
     def _spaced(x: KV, capacity: int) -> KV:
@@ -107,3 +130,34 @@ def with_room(cache: object, room: int, most: int | None = None) -> object:
             limit = None if most is None else layer.keys.shape[-2] + most
             layers[i] = RoomyLayer(layer.keys, layer.values, room, limit)
     return cache
+
+
+def joined(
+    caches: list[tuple[object, Int[Tensor, "batch width"]]], room: int, most: int | None = None
+) -> tuple[object, Int[Tensor, "rows width"]]:
+    """The rows of several caches (each with its attention mask) in the first one, in order:
+    each cache's positions aligned at the right (its newest token in the last column), padding
+    to the left of the shorter ones, and leading columns that no row uses dropped. Positions read
+    from the mask (as a decoding step numbers them) stay each row's own. ``room`` and ``most``
+    as ``with_room``. Plain layers only (a sliding window or other kinds cannot be realigned)."""
+    used = [m.any(0).int().argmax().item() if m.any() else m.shape[1] for _, m in caches]
+    widths = [m.shape[1] - u for (_, m), u in zip(caches, used, strict=True)]
+    width = max(widths)
+    masks = [m.new_zeros(m.shape[0], width) for _, m in caches]
+    for out, (_, m), u, w in zip(masks, caches, used, widths, strict=True):
+        out[:, width - w :] = m[:, u:]
+    first = caches[0][0]
+    room = room if most is None else min(room, most)
+    limit = None if most is None else width + most
+    for i in range(len(first.layers)):
+        parts = []
+        for (cache, _), u in zip(caches, used, strict=True):
+            layer = cache.layers[i]
+            if type(layer) not in (DynamicLayer, RoomyLayer):
+                raise ValueError(
+                    f"layer {i} keeps a {type(layer).__name__}: only plain key-value layers can "
+                    "be joined; decode these rows in batches of their own (greedy_continue)"
+                )
+            parts.append((layer.keys[..., u:, :], layer.values[..., u:, :]))
+        first.layers[i] = RoomyLayer.stacked(parts, width, room, limit)
+    return first, torch.cat(masks)

@@ -158,6 +158,11 @@ class AbliterationSearchConfig(_Evaluation):
         "or full); unset: 8 for a model that thinks first with early_stop, as memory allows, "
         "else 1",
     )
+    schedule: Literal["batches", "in_flight"] = option(
+        default_of(search, "schedule"),
+        help="batches: parallel trials counted batch after batch; in_flight: each new trial "
+        "joins the running batch as soon as it fits",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -325,15 +325,28 @@ class AbliterationMetrics:
         self, model: Model, n: int, kl_keys: Sequence[str] | None, first_edited: int | None
     ) -> dict[str, float]:
         """The metrics of ``model`` given its refusal count ``n``: the rest is measured here."""
+        return self.of_refusals(n) | self.besides_refusals(model, kl_keys, first_edited)
+
+    def of_refusals(self, n: int) -> dict[str, float]:
+        """The metrics read from a refusal count ``n`` of the harmful prompts."""
+        return dict(refusals=n, refusal_rate=n / len(self.harmful))
+
+    def besides_refusals(
+        self, model: Model, kl_keys: Sequence[str] | None = None, first_edited: int | None = None
+    ) -> dict[str, float]:
+        """Every metric but the refusal count, of ``model`` as it is (its edit written): the KL
+        (``kl``) and over-refusal."""
         over = None
         if self.over_refusal_prompts is not None:
             over = count_refusals(
                 model, self.over_refusal_prompts, self.max_new_tokens, self.batch_size
             )
-        return (
-            dict(refusals=n, refusal_rate=n / len(self.harmful))
-            | self.kl(model, kl_keys, first_edited)
-            | self._over(over)
+        return self.kl(model, kl_keys, first_edited) | self._over(over)
+
+    def refusal_counter(self) -> RefusalCounter:
+        """The counter of refusals: this one's objective, or full generation."""
+        return self.counter or RefusalCounter(
+            "full", self.harmful, self.max_new_tokens, batch_size=self.batch_size
         )
 
     def many(
@@ -352,10 +365,7 @@ class AbliterationMetrics:
                 "the published protocol counts Heretic's way, one plan at a time: "
                 "use parallel_trials=1 with it"
             )
-        counter = self.counter or RefusalCounter(
-            "full", self.harmful, self.max_new_tokens, batch_size=self.batch_size
-        )
-        counts = [sum(v) for v in counter.verdicts_many(model, plans)]
+        counts = [sum(v) for v in self.refusal_counter().verdicts_many(model, plans)]
         firsts = list(first_edited) if first_edited is not None else [None] * len(plans)
         out = []
         for plan, n, first in zip(plans, counts, firsts, strict=True):

@@ -265,27 +265,37 @@ class RefusalCounter:
             )
         if not plans:
             return []
-        # Laid out as ``generate`` lays them out, so a plan's tokens are those of ``verdicts``.
-        ids, mask = model.tokenize([model.chat(p) for p in self.prompts], padding_side="left")
-        prefixes = [r[m.bool()].tolist() for r, m in zip(ids, mask, strict=True)]
+        prefixes = self.prompt_ids(model)
         n = len(prefixes)
         rows = [k for k in range(len(plans)) for _ in range(n)]
         edit = RowPlans(plans, rows)
-        stop = self.answer_tokens if self.objective == "early_stop" else None
         with intervene(model, edit):
             new = greedy_continue(
                 model,
                 prefixes * len(plans),
                 self.max_new_tokens,
                 self.batch_size * len(plans),
-                stop,
+                self.stop_after(),
                 on_rows=edit.select,
                 groups=rows,
             )
-        verdicts = MarkerJudge(fmt=model.thinking)(
-            self.prompts * len(plans), decode_new(model, new)
-        )
+        verdicts = self.judged(model, new, len(plans))
         return [verdicts[k * n : (k + 1) * n] for k in range(len(plans))]
+
+    def prompt_ids(self, model: Model) -> list[list[int]]:
+        """The harmful prompts' token ids, laid out as ``generate`` lays them out (so a plan's
+        tokens are those of ``verdicts``)."""
+        ids, mask = model.tokenize([model.chat(p) for p in self.prompts], padding_side="left")
+        return [r[m.bool()].tolist() for r, m in zip(ids, mask, strict=True)]
+
+    def stop_after(self) -> int | None:
+        """The answer tokens after which ``"early_stop"`` stops (None: ``"full"``)."""
+        return self.answer_tokens if self.objective == "early_stop" else None
+
+    def judged(self, model: Model, new: Sequence[Sequence[int]], copies: int = 1) -> list[bool]:
+        """Whether each generated continuation ``new`` of ``copies`` runs of the prompts (in
+        order) refuses, by the marker judge after the thinking."""
+        return MarkerJudge(fmt=model.thinking)(self.prompts * copies, decode_new(model, new))
 
     def short_answers(self, model: Model) -> list[str]:
         """``short_thinking``'s answers: the first ``answer_tokens`` tokens (after whitespace)

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from thinklens.analyses.abliteration.in_flight import tell_in_flight
 from thinklens.analyses.abliteration.metrics import AbliterationMetrics
 from thinklens.analyses.abliteration.objectives import (
     ANSWER_TOKENS,
@@ -27,7 +28,13 @@ from thinklens.analyses.abliteration.objectives import (
     THINKING_DEFAULT,
     RefusalObjective,
     check_refusal_objective,
-    plans_that_fit,
+)
+from thinklens.analyses.abliteration.schedules import (
+    SCHEDULES,
+    check_parallel,
+    fail_stale,
+    resolve_parallel,
+    trial_batches,
 )
 from thinklens.interventions.abliteration.directions import RefusalDirections
 from thinklens.interventions.abliteration.heretic import HereticParams, heretic_plan, suggest
@@ -122,69 +129,6 @@ def reading_advice(directions: RefusalDirections, thinks: bool, protocol: Protoc
     )
 
 
-def _check_parallel(
-    parallel_trials: int, protocol: Protocol, objective: str, reload: Callable | None
-) -> None:
-    """A clear error when trials cannot be counted several at a time."""
-    if parallel_trials < 1:
-        raise ValueError(f"parallel_trials={parallel_trials}: give 1 or more")
-    if parallel_trials == 1:
-        return
-    if protocol == "published":
-        raise ValueError(
-            "protocol='published' writes Heretic's rounded rank-3 edit, which has no exact "
-            "hook form for parallel trials: use parallel_trials=1 with it"
-        )
-    if objective not in ("early_stop", "full"):
-        raise ValueError(
-            f"refusal_objective={objective!r} counts one trial at a time: use 'early_stop' or "
-            "'full' with parallel_trials > 1"
-        )
-    if reload is not None:
-        raise ValueError("reload loads a model for each trial: use parallel_trials=1 with it")
-
-
-def _parallel(
-    asked: int | None,
-    model: Model,
-    metrics: AbliterationMetrics,
-    protocol: Protocol,
-    objective: str,
-    reload: Callable | None,
-) -> int:
-    """The trials a batch ``asked`` resolves to (None: see ``search``)."""
-    if asked is not None:
-        return asked
-    thinks = metrics.answer_texts is not None
-    if not thinks or protocol != "thinklens" or objective != "early_stop" or reload is not None:
-        return 1
-    return plans_that_fit(model, metrics.harmful, metrics.batch_size, metrics.max_new_tokens)
-
-
-def trial_batches(done: int, todo: int, n_startup: int, most: int) -> list[int]:
-    """The sizes of a parallel search's batches: the start-up trials left, then the sampled
-    ones, each part in as few batches of at most ``most`` as it takes, sized as evenly as
-    possible. So no sampled trial is asked before every start-up trial is told: a batch that
-    mixed them would sample on fewer results, the missing ones counted as the worst seen
-    (Optuna's constant liar)."""
-    startup = min(max(n_startup - done, 0), todo)
-    sizes = []
-    for n in (startup, todo - startup):
-        if n:
-            parts = -(-n // most)
-            sizes += [n // parts + (i < n % parts) for i in range(parts)]
-    return sizes
-
-
-def _fail_stale(study: Any) -> None:
-    """Trials left running by an interrupted run of this study are failed, so the sampler
-    does not wait on them (one process runs a study at a time)."""
-    import optuna
-
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-
-
 def search(
     model: Model,
     directions: RefusalDirections,
@@ -206,6 +150,7 @@ def search(
     keep_lower_layers: bool = True,
     parallel_trials: int | None = None,
     space: Protocol | None = None,
+    schedule: str = "batches",
 ) -> SearchResult:
     """Run (or resume) Heretic's search until the study holds ``n_trials`` finished trials.
 
@@ -263,6 +208,14 @@ def search(
         space: the parameter space sampled (``suggest``), when it should differ from
             ``protocol``'s: ``"published"`` is Heretic 1.4.0's (both components' ``max_weight``
             in [0.8, 1.5]), ``"thinklens"`` Heretic's later one (the MLP edit can switch off).
+        schedule: how ``parallel_trials`` trials share the decoding: ``"batches"`` counts them
+            batch after batch; ``"in_flight"`` keeps one batch running that each new trial
+            joins as soon as fewer than ``parallel_trials`` trials are unfinished, each told
+            (and the next asked) as soon as its own rows stop (``in_flight``). On
+            organism-aligned's validation prompts in flight took 4.9 s a trial against 5.1-5.4
+            s, but its front scored 8.00 against 7.25 (2 seeds,
+            ``benchmarks/results/direction_reading_parallel8_in_flight.txt``), so batches stay
+            the default.
     Heretic's default seed is random; thinklens's is 0, so a search repeats.
     """
     if protocol == "published" and kl_target is None:
@@ -271,9 +224,11 @@ def search(
         space = protocol
     elif space not in ("thinklens", "published"):
         raise ValueError(f"space={space!r}: use 'thinklens' or 'published'")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}: use one of {', '.join(SCHEDULES)}")
     objective = _objective(refusal_objective, metrics, protocol)
-    parallel_trials = _parallel(parallel_trials, model, metrics, protocol, objective, reload)
-    _check_parallel(parallel_trials, protocol, objective, reload)
+    parallel_trials = resolve_parallel(parallel_trials, model, metrics, protocol, objective, reload)
+    check_parallel(parallel_trials, protocol, objective, reload, schedule)
     if objective != metrics.objective:
         metrics = metrics.with_objective(model, objective, answer_tokens, think_tokens)
     import optuna
@@ -289,7 +244,7 @@ def search(
         n_startup_trials=n_startup_trials,
         n_ei_candidates=n_ei_candidates,
         seed=seed,
-        constant_liar=parallel_trials > 1,
+        constant_liar=parallel_trials > 1 or schedule == "in_flight",
     )
     study = optuna.create_study(
         directions=["minimize", "minimize"],
@@ -360,16 +315,33 @@ def search(
         if trial.values is not None:
             bar.set_postfix(kl=f"{trial.values[0]:.3f}", refusals=trial.user_attrs["refusals"])
 
-    if parallel_trials == 1:
+    def make(trial: Any) -> tuple[HereticParams, list, int | None]:
+        params = suggest(trial, model.n_layers, space)
+        plan = heretic_plan(model, directions, params, protocol)
+        return params, plan, first_of(model, plan)
+
+    if schedule == "in_flight" and todo:
+        fail_stale(study)
+        tell_in_flight(
+            study,
+            model,
+            metrics,
+            kl_key,
+            todo,
+            n_startup_trials,
+            parallel_trials,
+            make,
+            record,
+            tick,
+        )
+    elif parallel_trials == 1:
         study.optimize(objective, n_trials=todo, callbacks=[tick])
     else:
-        _fail_stale(study)
+        fail_stale(study)
         for size in trial_batches(len(done), todo, n_startup_trials, parallel_trials):
             trials = [study.ask() for _ in range(size)]
             try:
-                params = [suggest(t, model.n_layers, space) for t in trials]
-                plans = [heretic_plan(model, directions, p, protocol) for p in params]
-                firsts = [first_of(model, plan) for plan in plans]
+                params, plans, firsts = zip(*[make(t) for t in trials], strict=True)
                 measured = metrics.many(model, plans, [kl_key], firsts)
             except BaseException:
                 for t in trials:

@@ -333,6 +333,8 @@ def thinklens_run(
             kw["kl_target"] = args.kl_target
         if getattr(args, "space", None) is not None:
             kw["space"] = args.space
+        if kind == "parallel" and getattr(args, "schedule", None) is not None:
+            kw["schedule"] = args.schedule
     setup = time.perf_counter() - start
     res = search(
         model,
@@ -360,7 +362,10 @@ def thinklens_run(
     objective = res.study.user_attrs.get("refusal_objective", "full")
     done = [t for t in res.study.trials if t.state.name == "COMPLETE"]
     span = max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
-    parallel = f", parallel_trials {args.parallel_trials}" if kind == "parallel" else ""
+    parallel = ""
+    if kind == "parallel":
+        parallel = f", parallel_trials {args.parallel_trials}"
+        parallel += f", schedule {getattr(args, 'schedule', None) or 'batches'}"
     parallel += f", directions of the {dirs.meta['reading']!r} reading"
     return dict(
         rows=rows,
@@ -403,6 +408,12 @@ def main() -> None:
     )
     p.add_argument(
         "--parallel-trials", type=int, default=4, help="trials a batch in the parallel run"
+    )
+    p.add_argument(
+        "--schedule",
+        choices=["batches", "in_flight"],
+        default=None,
+        help="search()'s schedule of the parallel runs (default: its own)",
     )
     p.add_argument(
         "--also-parallel",

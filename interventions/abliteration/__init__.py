@@ -7,7 +7,8 @@ inference, or ``apply(model, preset, directions)`` for a new model with edited w
 (``arditi``, ``failspy``, ``deccp``, ``erisforge``, ``heretic``), and ``export`` to save it;
 ``adapted(model, plan(...))`` runs a plan as low-rank adapters (no weight written) and
 ``save_adapter`` saves it as a PEFT LoRA folder. ``PlanHooks`` runs an exact plan as output
-hooks, ``RowPlans`` several plans in one batch, each on its own rows.
+hooks, ``RowPlans`` several plans in one batch, each on its own rows, and ``KeyedPlans`` plans
+that come and go while installed (a search's trials in flight).
 ``protocol="published"`` (``deccp``, ``erisforge``, ``heretic``) reproduces a tool's released
 protocol, with directions of its reading (``compute_directions(..., reading="heretic")``);
 ``detect_response_prefix`` and ``chat_text`` give Heretic's prompt texts to metrics.
@@ -18,6 +19,7 @@ from thinklens.interventions.abliteration.adapters import PlanAdapter, adapted, 
 from thinklens.interventions.abliteration.directions import RefusalDirections, compute_directions
 from thinklens.interventions.abliteration.export import export
 from thinklens.interventions.abliteration.heretic import HereticParams, Kernel, heretic_plan
+from thinklens.interventions.abliteration.keyed_plans import KeyedPlans
 from thinklens.interventions.abliteration.matrix import MatrixEdit
 from thinklens.interventions.abliteration.presets import (
     PRESETS,
@@ -54,6 +56,7 @@ __all__ = [
     "DirectionSelection",
     "HereticParams",
     "Kernel",
+    "KeyedPlans",
     "MatrixEdit",
     "NoCandidate",
     "PlanAdapter",

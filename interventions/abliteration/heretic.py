@@ -165,3 +165,13 @@ def heretic_plan(
             # One weight per component: every expert's down matrix gets the MLP's.
             edits += [MatrixEdit(path, r, w, kind, **kw) for path, kind in writes]
     return edits
+
+
+def heretic_modules(model: Model) -> list[str]:
+    """Every module a Heretic plan may edit (both components at every layer)."""
+    return [
+        path
+        for l in range(model.n_layers)
+        for writes in layer_writes(model, l).values()
+        for path, _ in writes
+    ]

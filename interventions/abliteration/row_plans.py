@@ -14,7 +14,7 @@ takes it as ``on_rows``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -87,29 +87,44 @@ class RowPlans(Edit):
         ]
 
     def _hook(self, t: _ModuleTerms):
-        # The rows' terms, gathered once a selection (a decoding step reuses them: the gathers
-        # cost as much as the edit itself), keyed by (selection, device, rank of the output).
-        gathered: dict[tuple, tuple[Tensor, ...]] = {}
+        def terms(out: Tensor) -> tuple:
+            idx = self._current.to(t.a.device)
+            shape = (len(idx),) + (1,) * (out.dim() - 2) + (out.shape[-1],)
+            abc = tuple(v[idx].view(shape).to(out.device) for v in (t.a, t.b, t.c))
+            return abc, None if t.kept is None else t.kept.to(out.device, torch.float64)
 
-        def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
-            if out.shape[0] != len(self._current):
-                raise ValueError(
-                    f"a forward pass over {out.shape[0]} rows, but RowPlans holds "
-                    f"{len(self._current)}: call select with the rows the batch holds"
-                )
-            key = (self._version, out.device, out.dim())
-            if key not in gathered:
-                gathered.clear()
-                idx = self._current.to(t.a.device)
-                shape = (len(idx),) + (1,) * (out.dim() - 2) + (out.shape[-1],)
-                abc = tuple(v[idx].view(shape).to(out.device) for v in (t.a, t.b, t.c))
-                kept = None if t.kept is None else t.kept.to(out.device, torch.float64)
-                gathered[key] = (abc, kept)
-            abc, kept = gathered[key]
-            x = out.double()  # float64, as PlanHooks and the weight engine
-            return edited_output(x, abc, kept).to(out.dtype)
+        return per_row_hook(lambda: len(self._current), lambda: self._version, terms, "RowPlans")
 
-        return post
+
+def per_row_hook(
+    rows: Callable[[], int],
+    version: Callable[[], int],
+    terms: Callable[[Tensor], tuple | None],
+    owner: str,
+) -> Callable:
+    """A forward hook giving each row of a module's output its own edit (``edited_output``):
+    ``terms(out)``, the rows' stacked coefficients and kept bias (None: no row is edited, the
+    output passes through), gathered once a ``version`` of the batch's rows (a decoding step
+    reuses them: the gathers cost as much as the edit itself); ``rows()``: how many rows the
+    batch holds, checked against the pass."""
+    gathered: dict[tuple, tuple | None] = {}
+
+    def post(mod: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
+        if out.shape[0] != rows():
+            raise ValueError(
+                f"a forward pass over {out.shape[0]} rows, but {owner} holds {rows()}: call "
+                "select with the rows the batch holds"
+            )
+        key = (version(), out.device, out.dim())
+        if key not in gathered:
+            gathered.clear()
+            gathered[key] = terms(out)
+        if gathered[key] is None:
+            return None
+        abc, kept = gathered[key]
+        return edited_output(out.double(), abc, kept).to(out.dtype)  # float64, as PlanHooks
+
+    return post
 
 
 def _stack(name: str, slots: list[HookTerms | None]) -> _ModuleTerms:
@@ -120,15 +135,18 @@ def _stack(name: str, slots: list[HookTerms | None]) -> _ModuleTerms:
             f"{name}: some plans edit its bias and some keep it; plan them all with the same bias"
         )
     d = present[0].r.shape[-1]
-    identity = (torch.ones(d), torch.zeros(d), torch.zeros(d))
+    identity = (torch.ones(d, dtype=torch.float64), *[torch.zeros(d, dtype=torch.float64)] * 2)
     a, b, c = [], [], []
     for t in slots:
-        if t is None:  # this plan leaves the module alone
-            terms = identity
-        else:
-            norms = None if t.norms is None else tuple(v.cpu() for v in t.norms)
-            terms = hook_coefficients(t.r.cpu(), t.w, norms)
-            terms = (identity[0] if terms[0] is None else terms[0], *terms[1:])
+        terms = identity if t is None else edit_coefficients(t)  # None: left alone
         for out, v in zip((a, b, c), terms, strict=True):
-            out.append(v.to(torch.float64))
+            out.append(v)
     return _ModuleTerms(torch.stack(a), torch.stack(b), torch.stack(c), present[0].kept)
+
+
+def edit_coefficients(t: HookTerms) -> tuple[Tensor, Tensor, Tensor]:
+    """One edit's ``hook_coefficients`` in float64 on the CPU, ``a`` as ones without norms."""
+    norms = None if t.norms is None else tuple(v.cpu() for v in t.norms)
+    a, b, c = hook_coefficients(t.r.cpu(), t.w, norms)
+    a = torch.ones_like(b) if a is None else a
+    return tuple(v.to(torch.float64) for v in (a, b, c))

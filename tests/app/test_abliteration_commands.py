@@ -59,6 +59,9 @@ def test_directions_apply_search_export_evaluate(tiny_cli, tmp_path, capsys):
     par = [*db, "--n-trials", "3", "--parallel-trials", "2", "--study-name", "par"]
     assert main(["abliteration", "search", "tiny", *ev, *par, "--space", "published"]) == 0
     assert "attn.o_proj.max_weight" in capsys.readouterr().out  # Heretic 1.4.0's names
+    flight = [*db, "--n-trials", "3", "--schedule", "in_flight", "--study-name", "flight"]
+    assert main(["abliteration", "search", "tiny", *ev, *flight]) == 0
+    assert "Pareto front" in capsys.readouterr().out
     # The tiny model does not think: auto counts by full generation, and a cheaper objective
     # (the answer after the model's own thinking) is refused with the reason.
     import optuna

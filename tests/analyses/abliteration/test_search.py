@@ -11,7 +11,8 @@ import torch
 
 from thinklens.analyses.abliteration.gsm8k import extract_number, gsm8k_accuracy, load_gsm8k
 from thinklens.analyses.abliteration.metrics import AbliterationMetrics
-from thinklens.analyses.abliteration.search import reading_advice, search, trial_batches
+from thinklens.analyses.abliteration.schedules import trial_batches
+from thinklens.analyses.abliteration.search import reading_advice, search
 from thinklens.data import bundled_prompts
 from thinklens.interventions.abliteration.directions import compute_directions
 from thinklens.interventions.abliteration.weights import apply
@@ -114,6 +115,14 @@ def test_gsm8k_reference_file_parses(shared_data):
     assert len(items) == 20 and all(gold.lstrip("-").isdigit() for _, gold in items)
 
 
+def _measured_as_written(m, d, metrics, res) -> None:
+    """Each trial re-measured with its edit written gives the refusals and KL it recorded."""
+    for _, row in res.trials.iterrows():
+        redone = metrics(apply(m, "heretic", d, params=res.params(int(row.trial))))
+        assert redone["refusals"] == row.refusals
+        assert redone["kl"] == pytest.approx(row.kl, abs=1e-5)
+
+
 def test_parallel_trials_measure_each_trial_as_written_weights_would(setup, tmp_path):
     """Trials counted three at a time in one batch: each trial's refusals and KL are those of
     its edit written into a copy; the model is untouched; an interrupted batch resumes."""
@@ -127,16 +136,70 @@ def test_parallel_trials_measure_each_trial_as_written_weights_would(setup, tmp_
     assert sorted(res.trials.trial) == [0, 1, 2, 3]
     for k, v in m.hf.state_dict().items():
         assert torch.equal(v, before[k]), k
-    for _, row in res.trials.iterrows():
-        redone = metrics(apply(m, "heretic", d, params=res.params(int(row.trial))))
-        assert redone["refusals"] == row.refusals
-        assert redone["kl"] == pytest.approx(row.kl, abs=1e-5)
+    _measured_as_written(m, d, metrics, res)
     # A trial left running by a killed run is failed, not waited on.
     res.study.ask()
     again = search(m, d, metrics, n_trials=6, **kw)
     assert len(again.trials) == 6
     states = [t.state for t in again.study.trials]
     assert states.count(optuna.trial.TrialState.FAIL) == 1
+
+
+def test_trials_in_flight_measure_each_trial_as_written_weights_would(setup, tmp_path):
+    """Trials counted in flight (each joining the running batch, told when its rows stop):
+    each trial's refusals and KL are those of its edit written; no sampled trial is asked
+    before every start-up trial is told; the model is untouched; a killed run resumes."""
+    import optuna
+
+    import thinklens.analyses.abliteration.in_flight as in_flight
+
+    m, d, metrics = setup
+    before = {k: v.clone() for k, v in m.hf.state_dict().items()}
+    events: list[tuple[str, int]] = []
+    counted = in_flight.count_in_flight
+
+    def spy(model, counter, modules, rows, next_trial, told, trials=None):
+        def asking():
+            got = next_trial()
+            if got is not None:
+                events.append(("ask", got[0]))
+            return got
+
+        def telling(key, verdicts):
+            events.append(("tell", key))
+            told(key, verdicts)
+
+        return counted(model, counter, modules, rows, asking, telling, trials)
+
+    db = tmp_path / "f.db"
+    kw = dict(storage=db, n_startup_trials=3, progress=False, parallel_trials=2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(in_flight, "count_in_flight", spy)
+        res = search(m, d, metrics, n_trials=6, schedule="in_flight", **kw)
+    assert sorted(res.trials.trial) == list(range(6))
+    asks = [k for e, k in events if e == "ask"]
+    first_sampled = events.index(("ask", 3))
+    assert all(("tell", k) in events[:first_sampled] for k in range(3))
+    assert asks == list(range(6))
+    # In flight: some trial is asked while another is still counting.
+    assert any(
+        e == "ask" and k > 0 and ("tell", k - 1) not in events[:i]
+        for i, (e, k) in enumerate(events)
+    )
+    for k, v in m.hf.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    _measured_as_written(m, d, metrics, res)
+    res.study.ask()  # left running by a killed run: failed, not waited on
+    again = search(m, d, metrics, n_trials=8, schedule="in_flight", **kw)
+    assert len(again.trials) == 8
+    states = [t.state for t in again.study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    with pytest.raises(ValueError, match="schedule='soon'"):
+        search(m, d, metrics, n_trials=1, progress=False, schedule="soon")
+    with pytest.raises(ValueError, match="no exact hook form"):
+        search(
+            m, d, metrics, n_trials=1, progress=False, schedule="in_flight", protocol="published"
+        )
 
 
 def test_trial_batches_keep_start_up_and_sampled_trials_apart():

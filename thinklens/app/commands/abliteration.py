@@ -218,6 +218,7 @@ def _search(cfg: AbliterationSearchConfig) -> None:
         think_tokens=cfg.think_tokens,
         parallel_trials=cfg.parallel_trials,
         space=cfg.space,
+        schedule=cfg.schedule,
     )
     front = res.pareto
     if cfg.xstest and not front.empty:
