@@ -13,7 +13,8 @@ the chat template's shared opening run for every row instead of once a plan
 concatenating key-value cache in place of ``thinklens.kv_room``'s, and 8 in flight
 (``search``'s ``schedule="in_flight"``: one running batch that each trial joins as soon as
 fewer than 8 are unfinished; it differs from 8 a batch only with more than 8 trials).
-Each pair of runs that differ in one thing is timed in the same invocation. Then it times one
+Each pair of runs that differ in one thing is timed in the same invocation, with the
+decoding steps it took. Then it times one
 greedy decoding step with a key-value cache (after a 40-token prompt) at several batch
 sizes, and the prefill of 128 tokens a row, per token. A step at batch 1 against a token of
 prefill says how much of decoding is reading the weights rather than computing. Results:
@@ -98,19 +99,32 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
     # "4 unshared": the chat template's opening run for every row, not once a plan; "8
     # concatenating": each step's keys and values concatenated to the cache (no room kept).
     import thinklens.decoding as decoding
+    import thinklens.in_flight as in_flight
 
+    # Decoding steps taken by each run (one a forward pass over the running rows).
+    steps = [0]
+
+    def counted(step):
+        def one(*args, **kw):
+            steps[0] += 1
+            return step(*args, **kw)
+
+        return one
+
+    decoding.next_step = counted(decoding.next_step)
+    in_flight.next_step = counted(in_flight.next_step)
     parallel = {}
     least, room = decoding.MIN_SHARED, decoding.with_room
     runs = ((4, "4 unshared"), (4, "4"), (8, "8 concatenating"), (8, "8"))
     for k, label in runs:
         decoding.MIN_SHARED = 10**9 if label == "4 unshared" else least
         decoding.with_room = (lambda cache, *_, **__: cache) if "concatenating" in label else room
-        start = time.perf_counter()
+        start, steps[0] = time.perf_counter(), 0
         same = True
         for i in range(0, len(plans), k):
             counts = [sum(v) for v in metrics.counter.verdicts_many(model, plans[i : i + k])]
             same &= counts == [r["n"] for r in rows[i : i + k]]
-        parallel[label] = ((time.perf_counter() - start) / len(plans), same)
+        parallel[label] = ((time.perf_counter() - start) / len(plans), same, steps[0])
     decoding.MIN_SHARED, decoding.with_room = least, room
     # In flight: one running batch of at most 8 trials, each plan joining as soon as one is
     # done (search's schedule="in_flight"); the same plans, in the same order.
@@ -119,7 +133,7 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
 
     queue, got = list(enumerate(plans)), {}
     rows_in_flight = 8 * len(metrics.counter.prompts)
-    start = time.perf_counter()
+    start, steps[0] = time.perf_counter(), 0
     count_in_flight(
         model,
         metrics.counter,
@@ -130,7 +144,7 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
         trials=8,
     )
     same = [got[i] for i in range(len(plans))] == [r["n"] for r in rows]
-    parallel["8 in flight"] = ((time.perf_counter() - start) / len(plans), same)
+    parallel["8 in flight"] = ((time.perf_counter() - start) / len(plans), same, steps[0])
     sizes = dict(kl_rows=len(metrics.answer_ids), kl_tokens=kl_tokens, keep=keep_seconds)
     return rows, sizes | dict(parallel=parallel)
 
@@ -210,7 +224,7 @@ def main() -> None:
         f"kl / kl_kept: {kl_ratio:.2f}x; kl_kept_padded (one batch of {args.batch_size} by "
         f"count, no length batches) / kl_kept: {pad_ratio:.2f}x",
     ]
-    for label, (sec, same) in sizes["parallel"].items():
+    for label, (sec, same, n_steps) in sizes["parallel"].items():
         k, _, variant = label.partition(" ")
         how = {
             "": "",
@@ -221,7 +235,7 @@ def main() -> None:
         lines.append(
             f"refusals, {k} trials a batch (parallel_trials={k}{how}): {sec:.2f} s a trial, "
             f"{statistics.mean(r['refusals'] for r in rows) / sec:.2f}x one at a time; the same "
-            f"counts as one at a time: {same}"
+            f"counts as one at a time: {same}; {n_steps} decoding steps"
         )
     lines += ["", "batch   ms/step   ms/row-step   ms/prefill-token"]
     lines += [f"{b:5} {s:9.1f} {s / b:13.2f} {t:18.2f}" for b, s, t in steps]

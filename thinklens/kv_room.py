@@ -1,7 +1,7 @@
 """A key-value cache layer with room to grow: a decoding step writes its token's keys and values
 into space kept for them, where ``transformers``' ``DynamicLayer`` concatenates, copying the
-whole cache every step: on organism-aligned, refusals counted 8 trials a batch took 3.19 s a
-trial with room against 3.38 s concatenating (``benchmarks/results/trial_cost.txt``).
+whole cache every step: on organism-aligned, refusals counted 8 trials a batch took 3.02 s a
+trial with room against 3.30 s concatenating (``benchmarks/results/trial_cost.txt``).
 
 ``with_room(cache, room)`` turns a filled ``DynamicCache``'s plain layers into
 ``RoomyLayer``s in place. Attention then reads a view of the first ``length`` positions: the

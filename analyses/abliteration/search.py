@@ -212,8 +212,9 @@ def search(
             batch after batch; ``"in_flight"`` keeps one batch running that each new trial
             joins as soon as fewer than ``parallel_trials`` trials are unfinished, each told
             (and the next asked) as soon as its own rows stop (``in_flight``). On
-            organism-aligned's validation prompts in flight took 4.9 s a trial against 5.1-5.4
-            s, but its front scored 8.00 against 7.25 (2 seeds,
+            organism-aligned it counted no faster (3.22 s a trial against 3.02 s at 8 a batch,
+            the same 112 decoding steps, ``benchmarks/results/trial_cost.txt``) and its front
+            scored 8.00 against 7.25 on validation prompts (2 seeds,
             ``benchmarks/results/direction_reading_parallel8_in_flight.txt``), so batches stay
             the default.
     Heretic's default seed is random; thinklens's is 0, so a search repeats.
