@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable, Sequence
 import torch
 
 from thinklens.decoding import ROOM, Decoded, first_pass, next_step
-from thinklens.kv_room import joined
+from thinklens.kv_room import check_joinable, joined
 from thinklens.model import Model
 
 
@@ -76,7 +76,7 @@ class InFlight:
             [0] * n,
         )
         self._changed = True  # the job's own pass told ``on_rows`` of its rows alone
-        self.jobs[key] = rows
+        check_joinable(cache)  # at the first job already, not when a second one joins
         still = [i for i, r in enumerate(rows) if not r.done]
         if still and len(still) < n:
             keep = torch.tensor(still, device=mask.device)
@@ -91,6 +91,7 @@ class InFlight:
                 )
             self.rows += [rows[i] for i in still]
             self.keys += [key] * len(still)
+        self.jobs[key] = rows  # once its rows are in the batch (joining can refuse a cache)
         self._hand_back(key)
 
     def step(self) -> dict[Hashable, list[list[int]]]:

@@ -42,18 +42,21 @@ class RoomyLayer(DynamicLayer):
     ) -> RoomyLayer:
         """The rows of every part's keys and values in one layer ``width`` positions long, each
         part's positions at the right end (the positions to their left zero: padding)."""
-        k0 = parts[0][0]
+        first = parts[0][0]
         rows = sum(k.shape[0] for k, _ in parts)
-        shape = (rows, *k0.shape[1:-2], width + room, k0.shape[-1])
-        layer = cls(k0[:0, ..., :0, :], parts[0][1][:0, ..., :0, :], 0, limit)
-        layer._k, layer._v = k0.new_zeros(shape), parts[0][1].new_zeros(shape)
+        shape = (rows, *first.shape[1:-2], width + room, first.shape[-1])
+        buffers = (first.new_zeros(shape), parts[0][1].new_zeros(shape))
         start = 0
-        for k, v in parts:
-            n, at = k.shape[0], width - k.shape[-2]
-            layer._k[start : start + n, ..., at:width, :] = k
-            layer._v[start : start + n, ..., at:width, :] = v
+        for part in parts:
+            n, at = part[0].shape[0], width - part[0].shape[-2]
+            for buffer, x in zip(buffers, part, strict=True):
+                buffer[start : start + n, ..., at:width, :] = x
             start += n
-        layer.length = width
+        layer = cls.__new__(cls)
+        DynamicLayer.__init__(layer)
+        layer.device, layer.is_initialized = first.device, True
+        layer.length, layer.limit = width, limit
+        layer._k, layer._v = buffers
         layer._views()
         return layer
 
@@ -132,6 +135,17 @@ def with_room(cache: object, room: int, most: int | None = None) -> object:
     return cache
 
 
+def check_joinable(cache: object) -> None:
+    """A clear error unless every layer of ``cache`` is plain (``joined`` can realign it)."""
+    for i, layer in enumerate(cache.layers):
+        if type(layer) not in (DynamicLayer, RoomyLayer):
+            raise ValueError(
+                f"layer {i} keeps a {type(layer).__name__}: only plain key-value layers can be "
+                "joined; decode these rows in batches of their own (greedy_continue, or "
+                "search's schedule='batches')"
+            )
+
+
 def joined(
     caches: list[tuple[object, Int[Tensor, "batch width"]]], room: int, most: int | None = None
 ) -> tuple[object, Int[Tensor, "rows width"]]:
@@ -140,6 +154,8 @@ def joined(
     to the left of the shorter ones, and leading columns that no row uses dropped. Positions read
     from the mask (as a decoding step numbers them) stay each row's own. ``room`` and ``most``
     as ``with_room``. Plain layers only (a sliding window or other kinds cannot be realigned)."""
+    for cache, _ in caches:  # all checked before any layer changes
+        check_joinable(cache)
     used = [m.any(0).int().argmax().item() if m.any() else m.shape[1] for _, m in caches]
     widths = [m.shape[1] - u for (_, m), u in zip(caches, used, strict=True)]
     width = max(widths)
@@ -150,14 +166,9 @@ def joined(
     room = room if most is None else min(room, most)
     limit = None if most is None else width + most
     for i in range(len(first.layers)):
-        parts = []
-        for (cache, _), u in zip(caches, used, strict=True):
-            layer = cache.layers[i]
-            if type(layer) not in (DynamicLayer, RoomyLayer):
-                raise ValueError(
-                    f"layer {i} keeps a {type(layer).__name__}: only plain key-value layers can "
-                    "be joined; decode these rows in batches of their own (greedy_continue)"
-                )
-            parts.append((layer.keys[..., u:, :], layer.values[..., u:, :]))
+        parts = [
+            (c.layers[i].keys[..., u:, :], c.layers[i].values[..., u:, :])
+            for (c, _), u in zip(caches, used, strict=True)
+        ]
         first.layers[i] = RoomyLayer.stacked(parts, width, room, limit)
     return first, torch.cat(masks)

@@ -87,3 +87,11 @@ def test_a_job_that_stops_at_its_first_pass_is_handed_back_at_the_next_step(mode
     assert flight.running == 0 and flight  # nothing writes, but the job is not handed back yet
     assert flight.step() == {"a": greedy_continue(model, prefixes, 1)}
     assert not flight
+
+
+def test_a_model_with_sliding_window_layers_is_refused_at_its_first_job():
+    gemma = tiny_model("gemma3", backend="nnsight")
+    flight = InFlight(gemma, 4)
+    with pytest.raises(ValueError, match="only plain key-value layers can be joined"):
+        flight.add("a", _prefixes(gemma, JOBS["a"]))
+    assert not flight  # nothing half-added

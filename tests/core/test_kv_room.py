@@ -86,3 +86,21 @@ def test_room_grows_no_further_than_the_positions_left():
     roomy.update(step, step)  # past the bound still works (grows to what it must hold)
     assert roomy.get_seq_length() == 9 and roomy.capacity == 9
     torch.testing.assert_close(roomy.keys[..., :5, :], k)
+
+
+def test_joined_refuses_layers_it_cannot_realign():
+    from thinklens.kv_room import joined
+
+    k = torch.randn(1, 1, 3, 4)
+    mask = torch.ones(1, 3, dtype=torch.long)
+    caches = []
+    for _ in range(2):  # a plain layer, then a sliding one (as Gemma-3 mixes them)
+        layers = [DynamicLayer(), DynamicSlidingWindowLayer(sliding_window=8)]
+        for layer in layers:
+            layer.update(k, k)
+        cache = DynamicCache()
+        cache.layers = layers
+        caches.append((cache, mask))
+    with pytest.raises(ValueError, match="layer 1 keeps a DynamicSlidingWindowLayer"):
+        joined(caches, room=4)
+    assert type(caches[0][0].layers[0]) is DynamicLayer  # nothing changed before the error
