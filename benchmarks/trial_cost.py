@@ -132,16 +132,14 @@ def parts_of_trials(model, sets: dict, n_trials: int, batch: int) -> tuple[list[
     from thinklens.interventions.abliteration.heretic import heretic_modules
 
     queue, got = list(enumerate(plans)), {}
-    rows_in_flight = 8 * len(metrics.counter.prompts)
     start, steps[0] = time.perf_counter(), 0
     count_in_flight(
         model,
         metrics.counter,
         heretic_modules(model),
-        rows_in_flight,
+        8,
         lambda: queue.pop(0) if queue else None,
         lambda key, verdicts: got.__setitem__(key, sum(verdicts)),
-        trials=8,
     )
     same = [got[i] for i in range(len(plans))] == [r["n"] for r in rows]
     parallel["8 in flight"] = ((time.perf_counter() - start) / len(plans), same, steps[0])

@@ -246,6 +246,15 @@ def next_step(
     return cache_of(out), mask, out.logits[:, -1].argmax(-1).tolist()
 
 
+def keep_rows(
+    cache: object, mask: Int[Tensor, "batch width"], rows: list[int]
+) -> Int[Tensor, "kept width"]:
+    """Keep only ``rows`` of a decoding batch: ``cache`` changed in place, the mask returned."""
+    kept = torch.tensor(rows, device=mask.device)
+    cache.batch_select_indices(kept)
+    return mask[kept]
+
+
 def _decode(
     model: Model,
     cache: object,
@@ -262,9 +271,7 @@ def _decode(
         if not still:
             break
         if len(still) < len(active):
-            keep_rows = torch.tensor(still, device=mask.device)
-            cache.batch_select_indices(keep_rows)
-            mask = mask[keep_rows]
+            mask = keep_rows(cache, mask, still)
             active = [active[k] for k in still]
             on_rows(active)
         cache, mask, tokens = next_step(model, cache, mask, [rows[r].new[-1] for r in active])

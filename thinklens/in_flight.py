@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
-from thinklens.decoding import ROOM, Decoded, first_pass, next_step
+from thinklens.decoding import ROOM, Decoded, first_pass, keep_rows, next_step
 from thinklens.kv_room import check_joinable, joined
 from thinklens.model import Model
 
@@ -54,9 +54,9 @@ class InFlight:
         """How many rows are still writing."""
         return len(self.rows)
 
-    def __bool__(self) -> bool:
-        """Whether a job is unfinished or a finished one not yet handed back."""
-        return bool(self.jobs or self.finished)
+    def __len__(self) -> int:
+        """How many jobs are unfinished or finished but not yet handed back."""
+        return len(self.jobs) + len(self.finished)
 
     def add(self, key: Hashable, prefixes: Sequence[Sequence[int]]) -> None:
         """Start the job ``key``: its prefixes run in one pass (their shared opening once) and
@@ -78,11 +78,9 @@ class InFlight:
         self._changed = True  # the job's own pass told ``on_rows`` of its rows alone
         check_joinable(cache)  # at the first job already, not when a second one joins
         still = [i for i, r in enumerate(rows) if not r.done]
-        if still and len(still) < n:
-            keep = torch.tensor(still, device=mask.device)
-            cache.batch_select_indices(keep)
-            mask = mask[keep]
         if still:
+            if len(still) < n:
+                mask = keep_rows(cache, mask, still)
             if self.cache is None:
                 self.cache, self.mask = cache, mask
             else:
@@ -116,9 +114,7 @@ class InFlight:
             return
         left = {self.keys[k] for k, r in enumerate(self.rows) if r.done}
         if still:
-            keep = torch.tensor(still, device=self.mask.device)
-            self.cache.batch_select_indices(keep)
-            self.mask = self.mask[keep]
+            self.mask = keep_rows(self.cache, self.mask, still)
         else:
             self.cache, self.mask = None, None
         self.rows = [self.rows[k] for k in still]

@@ -161,7 +161,7 @@ class AbliterationSearchConfig(_Evaluation):
     schedule: Literal["batches", "in_flight"] = option(
         default_of(search, "schedule"),
         help="batches: parallel trials counted batch after batch; in_flight: each new trial "
-        "joins the running batch as soon as it fits",
+        "joins the running batch as soon as another is done",
     )
 
 

@@ -34,21 +34,21 @@ def count_in_flight(
     model: Model,
     counter: RefusalCounter,
     modules: Sequence[str],
-    rows: int,
+    trials: int,
     next_trial: Callable[[], Trial],
     counted: Callable[[Hashable, list[bool]], None],
-    trials: int | None = None,
 ) -> None:
     """Count refusals of trials in flight until ``next_trial`` has none to give and every trial
     it gave is counted.
 
-    ``next_trial`` is called, with no edit installed, whenever a trial's prompts fit in the
-    batch beside the ``rows`` already writing (always when nothing is) and fewer than
-    ``trials`` trials (None: any number) are unfinished; None means none now (asked again once
-    a trial is counted) or none left. ``counted(key, verdicts)``: a trial's
+    ``next_trial`` is called, with no edit installed, whenever fewer than ``trials`` trials are
+    unfinished (so the batch holds at most ``trials`` copies of the prompts); None means none
+    now (asked again once a trial is counted) or none left. ``counted(key, verdicts)``: a trial's
     refusals, one per harmful prompt of ``counter``. ``modules``: every module a plan may edit
     (``heretic_modules``).
     """
+    if trials < 1:
+        raise ValueError(f"trials={trials}: give 1 or more")
     if counter.objective not in ("full", "early_stop"):
         raise ValueError(
             f"objective {counter.objective!r} cannot count trials in flight: use 'early_stop' "
@@ -58,10 +58,7 @@ def count_in_flight(
     plans = KeyedPlans(modules)
     flight = InFlight(model, counter.max_new_tokens, counter.stop_after(), on_rows=plans.select)
     while True:
-        # Ask while a trial's rows fit (at least one when none are running).
-        while (not flight.running or flight.running + len(prompts) <= rows) and (
-            trials is None or len(flight.jobs) < trials
-        ):
+        while len(flight) < trials:
             trial = next_trial()
             if trial is None:
                 break
@@ -93,7 +90,7 @@ def tell_in_flight(
     tick: Callable[[Any, Any], None],
 ) -> None:
     """Run ``todo`` more trials of ``study`` in flight (``count_in_flight``), at most ``trials``
-    at once (their prompts' rows the batch's size), each told as soon as its refusals are
+    at once, each told as soon as its refusals are
     counted. ``make(trial)``: its parameters, plan and first edited layer
     (for the KL); ``record``: its objectives from its metrics. No sampled trial is asked while a
     start-up trial is unfinished, so the first one sees every start-up result (as the batches'
@@ -132,9 +129,7 @@ def tell_in_flight(
 
     try:
         counter = metrics.refusal_counter()
-        rows = trials * len(counter.prompts)
-        modules = heretic_modules(model)
-        count_in_flight(model, counter, modules, rows, next_trial, counted, trials)
+        count_in_flight(model, counter, heretic_modules(model), trials, next_trial, counted)
     except BaseException:
         for trial, _, _ in asked.values():
             study.tell(trial, state=optuna.trial.TrialState.FAIL)

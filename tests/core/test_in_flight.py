@@ -84,7 +84,7 @@ def test_a_job_that_stops_at_its_first_pass_is_handed_back_at_the_next_step(mode
     prefixes = _prefixes(model, JOBS["a"])
     flight = InFlight(model, 1)
     flight.add("a", prefixes)
-    assert flight.running == 0 and flight  # nothing writes, but the job is not handed back yet
+    assert flight.running == 0 and len(flight) == 1  # nothing writes; not yet handed back
     assert flight.step() == {"a": greedy_continue(model, prefixes, 1)}
     assert not flight
 
@@ -95,3 +95,15 @@ def test_a_model_with_sliding_window_layers_is_refused_at_its_first_job():
     with pytest.raises(ValueError, match="only plain key-value layers can be joined"):
         flight.add("a", _prefixes(gemma, JOBS["a"]))
     assert not flight  # nothing half-added
+
+
+def test_keep_rows_keeps_the_rows_cache_and_mask(model):
+    from thinklens.decoding import keep_rows
+
+    p = _prefixes(model, JOBS["c"])
+    rules = dict(max_new_tokens=5, answer_tokens=None, on_rows=lambda idx: None)
+    cache, mask, _ = first_pass(model, p, [[] for _ in p], groups=[0, 1, 2], **rules)
+    keys = cache.layers[0].keys.clone()
+    kept = keep_rows(cache, mask, [2, 0])
+    assert torch.equal(kept, mask[[2, 0]])
+    torch.testing.assert_close(cache.layers[0].keys, keys[[2, 0]])

@@ -158,7 +158,7 @@ def test_trials_in_flight_measure_each_trial_as_written_weights_would(setup, tmp
     events: list[tuple[str, int]] = []
     counted = in_flight.count_in_flight
 
-    def spy(model, counter, modules, rows, next_trial, told, trials=None):
+    def spy(model, counter, modules, trials, next_trial, told):
         def asking():
             got = next_trial()
             if got is not None:
@@ -169,7 +169,7 @@ def test_trials_in_flight_measure_each_trial_as_written_weights_would(setup, tmp
             events.append(("tell", key))
             told(key, verdicts)
 
-        return counted(model, counter, modules, rows, asking, telling, trials)
+        return counted(model, counter, modules, trials, asking, telling)
 
     db = tmp_path / "f.db"
     kw = dict(storage=db, n_startup_trials=3, progress=False, parallel_trials=2)
@@ -194,6 +194,8 @@ def test_trials_in_flight_measure_each_trial_as_written_weights_would(setup, tmp
     assert len(again.trials) == 8
     states = [t.state for t in again.study.trials]
     assert states.count(optuna.trial.TrialState.FAIL) == 1
+    with pytest.raises(ValueError, match="trials=0: give 1 or more"):
+        counted(m, metrics.refusal_counter(), ["x"], 0, lambda: None, lambda key, v: None)
     with pytest.raises(ValueError, match="schedule='soon'"):
         search(m, d, metrics, n_trials=1, progress=False, schedule="soon")
     with pytest.raises(ValueError, match="no exact hook form"):
