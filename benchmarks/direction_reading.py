@@ -79,11 +79,14 @@ def main() -> None:
         "--schedule", choices=["batches", "in_flight"], default=None, help="search()'s schedule"
     )
     p.add_argument(
+        "--refusal-objective", default=None, help="search()'s refusal_objective (else its own)"
+    )
+    p.add_argument(
         "--space", choices=["thinklens", "published"], default=None, help="search()'s space"
     )
     p.add_argument("--out", type=Path, default=RESULTS / "direction_reading.txt")
     args = p.parse_args()
-    args.thinklens_objective = None
+    args.thinklens_objective = args.refusal_objective
 
     import torch
 
@@ -138,8 +141,8 @@ def main() -> None:
         f"VALIDATION (trials and judge): MaliciousInstruct first {n} + Alpaca val first {n}",
         f"search: parallel_trials {args.parallel_trials}, {args.trials} trials, {args.startup} "
         f"start-up, batch {args.batch_size}, kl_target {args.kl_target}, space "
-        f"{args.space or 'thinklens'}, schedule {args.schedule or 'batches'}, thinklens defaults "
-        "otherwise",
+        f"{args.space or 'thinklens'}, schedule {args.schedule or 'batches'}, refusal_objective "
+        f"{args.refusal_objective or 'auto'}, thinklens defaults otherwise",
         f"judge: full generation, {args.judge_tokens} new tokens, markers in the answer after "
         f"the thinking; KL of the first answer token; base refusals {base} of {n}",
         "",

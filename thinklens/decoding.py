@@ -99,13 +99,21 @@ class StopRules:
     max_new_tokens: int
     answer_tokens: int | None
     close: str
+    #: Stops a row once its decoded text satisfies it (e.g. a verdict that cannot change).
+    stop_when: Callable[[str], bool] | None = None
 
     @classmethod
-    def of(cls, model: Model, max_new_tokens: int, answer_tokens: int | None) -> StopRules:
+    def of(
+        cls,
+        model: Model,
+        max_new_tokens: int,
+        answer_tokens: int | None,
+        stop_when: Callable[[str], bool] | None = None,
+    ) -> StopRules:
         tok = model.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         eos = frozenset(stop_token_ids(tok))
-        return cls(tok, eos, pad, max_new_tokens, answer_tokens, model.thinking.close)
+        return cls(tok, eos, pad, max_new_tokens, answer_tokens, model.thinking.close, stop_when)
 
 
 @dataclass
@@ -124,6 +132,8 @@ class Decoded:
         if r.answer_tokens is not None:  # only an answer-token stop needs the marker's place
             self.closed = close_seen(r.tokenizer, new, r.close, self.closed)
         self.new, self.done = finish(new, self.closed, r.eos, r.max_new_tokens, r.answer_tokens)
+        if not self.done and r.stop_when is not None:
+            self.done = r.stop_when(r.tokenizer.decode(self.new, skip_special_tokens=True))
         return self
 
     def output(self) -> list[int]:
@@ -193,6 +203,7 @@ def first_pass(
     answer_tokens: int | None,
     on_rows: Callable[[list[int]], None],
     groups: list[int],
+    stop_when: Callable[[str], bool] | None = None,
 ) -> tuple[object, Int[Tensor, "batch width"], list[Decoded]]:
     """The shared opening once a group, then the drafts checked in one pass: the pass's key-value
     cache (with room for the steps to come), its mask (rejected draft tokens masked out, like
@@ -216,7 +227,7 @@ def first_pass(
     )
     choice = out.logits.argmax(-1).tolist()
     width = mask.shape[1]
-    rules = StopRules.of(model, max_new_tokens, answer_tokens)
+    rules = StopRules.of(model, max_new_tokens, answer_tokens, stop_when)
     rows = []
     for r, draft in enumerate(drafts):
         mine = choice[r][keep - 1 - len(draft) :]  # mine[j]: the choice after draft[:j]
@@ -289,6 +300,7 @@ def greedy_continue(
     drafts: Sequence[Sequence[int]] | None = None,
     on_rows: Callable[[list[int]], None] | None = None,
     groups: Sequence[int] | None = None,
+    stop_when: Callable[[str], bool] | None = None,
 ) -> list[list[int]]:
     """Greedy new token ids after each prefix, as ``continue_ids`` gives them: each row leaves
     the batch as soon as it stops (at a stop token, ``answer_tokens`` after its thinking closes,
@@ -306,6 +318,9 @@ def greedy_continue(
     the opening tokens the prefixes share are run once per group (module docstring). None: one
     group without ``on_rows``; with it, every row its own (nothing shared), since the rows' edits
     are unknown here.
+
+    ``stop_when``: a row also stops once its decoded new text (special tokens skipped) satisfies
+    it, e.g. once a verdict read from the text can no longer change.
     """
     if drafts is None:
         drafts = [[] for _ in prefixes]
@@ -335,6 +350,7 @@ def greedy_continue(
             answer_tokens,
             shifted,
             [groups[i] for i in rows],
+            stop_when,
         )
         final += _decode(model, cache, mask, decoded, shifted)
     return final

@@ -41,6 +41,7 @@ __all__ = [
     "is_refusal",
     "judge_answer",
     "kl_divergence",
+    "marker_seen",
     "marker_set",
     "marker_verdict",
     "normalize",
@@ -218,6 +219,15 @@ def is_refusal(
     ms = marker_set(markers)
     text = ms.normalize(answer[:max_chars])
     return any(ms.normalize(m) in text for m in ms.markers)
+
+
+def marker_seen(text: str, markers: str | Sequence[str] = "heretic") -> bool:
+    """Whether one of ``markers`` is anywhere in ``text`` (normalised their way). Unlike
+    ``is_refusal`` an empty text is not a refusal: a text being generated has not yet started.
+    A generated row can stop at its first marker when the whole text is judged this way."""
+    ms = marker_set(markers)
+    t = ms.normalize(text)
+    return any(ms.normalize(m) in t for m in ms.markers)
 
 
 class Judge(Protocol):

@@ -34,12 +34,14 @@ class InFlight:
         max_new_tokens: int,
         answer_tokens: int | None = None,
         on_rows: Callable[[list[Hashable]], None] | None = None,
+        stop_when: Callable[[str], bool] | None = None,
     ) -> None:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens}: give at least 1")
         self.model = model
         self.max_new_tokens = max_new_tokens
         self.answer_tokens = answer_tokens
+        self.stop_when = stop_when
         self.on_rows = on_rows if on_rows is not None else (lambda keys: None)
         self.cache: object | None = None
         self.mask: torch.Tensor | None = None
@@ -74,6 +76,7 @@ class InFlight:
             self.answer_tokens,
             lambda idx: self.on_rows([key] * len(idx)),
             [0] * n,
+            self.stop_when,
         )
         self._changed = True  # the job's own pass told ``on_rows`` of its rows alone
         check_joinable(cache)  # at the first job already, not when a second one joins

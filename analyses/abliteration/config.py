@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from thinklens.analyses.abliteration.metrics import AbliterationMetrics
+from thinklens.analyses.abliteration.objectives import REFUSAL_OBJECTIVES
 from thinklens.analyses.abliteration.search import search
 from thinklens.config import ModelConfig, default_of, option
 from thinklens.interventions.abliteration.directions import compute_directions
@@ -140,23 +141,24 @@ class AbliterationSearchConfig(_Evaluation):
         default_of(search, "space"),
         help="the space sampled, if not the protocol's (published: Heretic 1.4.0's)",
     )
-    refusal_objective: Literal[
-        "auto", "full", "answer", "probe", "first_token", "early_stop", "draft", "short_thinking"
-    ] = option(
+    refusal_objective: str = option(
         default_of(search, "refusal_objective"),
-        help="how a trial counts refusals (auto: early_stop when the model thinks, else full)",
+        choices=("auto", *REFUSAL_OBJECTIVES),
+        help="how a trial counts refusals (auto: early_stop when the model thinks, else full; "
+        "heretic: Heretic's own count, batched)",
     )
     answer_tokens: int = option(
-        default_of(search, "answer_tokens"), help="answer tokens judged (answer, early_stop, draft)"
+        default_of(search, "answer_tokens"),
+        help="answer tokens judged (answer, early_stop, draft)",
     )
     think_tokens: int = option(
         default_of(search, "think_tokens"), help="thinking tokens generated (short_thinking)"
     )
     parallel_trials: int | None = option(
         default_of(search, "parallel_trials"),
-        help="trials whose refusals are counted in one batch (thinklens protocol; early_stop "
-        "or full); unset: 8 for a model that thinks first with early_stop, as memory allows, "
-        "else 1",
+        help="trials whose refusals are counted in one batch (thinklens protocol; early_stop, "
+        "heretic or full); unset: 8 for a model that thinks first with early_stop or "
+        "heretic, as memory allows, else 1",
     )
     schedule: Literal["batches", "in_flight"] = option(
         default_of(search, "schedule"),

@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from thinklens.analyses.abliteration.metrics import AbliterationMetrics
-from thinklens.analyses.abliteration.objectives import RefusalCounter
+from thinklens.analyses.abliteration.objectives import GENERATING, RefusalCounter
 from thinklens.hooks import intervene
 from thinklens.in_flight import InFlight
 from thinklens.interventions.abliteration.heretic import HereticParams, heretic_modules
@@ -49,14 +49,20 @@ def count_in_flight(
     """
     if trials < 1:
         raise ValueError(f"trials={trials}: give 1 or more")
-    if counter.objective not in ("full", "early_stop"):
+    if counter.objective not in GENERATING:
         raise ValueError(
-            f"objective {counter.objective!r} cannot count trials in flight: use 'early_stop' "
-            "or 'full'"
+            f"objective {counter.objective!r} cannot count trials in flight: use one of "
+            f"{GENERATING}"
         )
     prompts = counter.prompt_ids(model)
     plans = KeyedPlans(modules)
-    flight = InFlight(model, counter.max_new_tokens, counter.stop_after(), on_rows=plans.select)
+    flight = InFlight(
+        model,
+        counter.max_new_tokens,
+        counter.stop_after(),
+        on_rows=plans.select,
+        stop_when=counter.stop_when(),
+    )
     while True:
         while len(flight) < trials:
             trial = next_trial()

@@ -114,7 +114,8 @@ class AbliterationMetrics:
 
         ``base`` is the unedited model these metrics were prepared on. The cheaper objectives
         read the answer after the base model's thinking, so they need a model that thinks first
-        (metrics prepared with thinking) and the thinklens protocol.
+        (metrics prepared with thinking) and the thinklens protocol; ``"heretic"`` needs only
+        the thinklens protocol (its prompts are laid out Heretic's way in the counter).
         """
         check_refusal_objective(objective)
         if objective == "full":
@@ -134,7 +135,7 @@ class AbliterationMetrics:
                 f"objective={objective!r} reads the answer after the model's own thinking; the "
                 "published protocol counts Heretic's way: use objective='full' with it"
             )
-        if self.answer_texts is None:
+        if self.answer_texts is None and objective != "heretic":
             raise ValueError(
                 f"objective={objective!r} is for models that think first; these metrics were "
                 "prepared without thinking: use objective='full'"

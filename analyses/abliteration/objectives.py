@@ -1,7 +1,7 @@
 """How a search trial counts refusals: full generation, or a cheaper reading of the same verdict.
 
 For a model that thinks first, the answer comes after the whole thinking, so generating it for
-every trial dominates a search. Four ways to count, each a ``RefusalCounter``:
+every trial dominates a search. The ways to count, each a ``RefusalCounter``:
 
 - ``"full"``: generate thinking and answer (``max_new_tokens``, greedy) and judge the answer.
 - ``"answer"``: the base model's own thinking, teacher-forced under the edit (one prefill, the
@@ -23,14 +23,24 @@ every trial dominates a search. Four ways to count, each a ``RefusalCounter``:
   ``answer_tokens`` answer tokens are generated after it and judged. A model that decides
   early in its thinking (recognises the harm, then explains) is read at the cost of that
   first sentence.
+- ``"heretic"``: Heretic 1.4.0's count, batched: every prompt with Heretic's system prompt and
+  response prefix (for a thinking model the closed thinking block it detects), the whole
+  response judged with Heretic's markers (``protocol="published"``'s count), each row stopped
+  at its first marker, after which its verdict cannot change. The same verdicts as that count,
+  at the cost of the compliant rows. On organism-aligned that prefix (``<think></think>``)
+  makes the model write its thinking after it, so the count reads whether the thinking calls
+  the request harmful, not the answer the judge reads: on one of Heretic's trials it counts 14
+  refusals of 16 where full generation counts 7 (``benchmarks/results/peers_heretic.txt``), so
+  it is never chosen by ``"auto"``.
 - ``"draft"``: the tokens of ``"early_stop"`` (so its verdicts), with the base model's own
   early-stopped response as a draft: one forward pass under the edit checks it, and generation
   resumes only from the first token the edited model writes differently
   (``thinklens.decoding``). A trial whose edit leaves the response alone costs one prefill.
 
-``RefusalCounter.verdicts_many`` counts several exact plans at once (``"full"`` and
-``"early_stop"``): the prompts once per plan in one batch, each copy under its own plan
-(``interventions.abliteration.RowPlans``), the way ``search(..., parallel_trials=k)`` counts.
+``RefusalCounter.verdicts_many`` counts several exact plans at once (the objectives that
+generate from the prompts alone, ``GENERATING``): the prompts once per plan in one batch, each
+copy under its own plan (``interventions.abliteration.RowPlans``), the way
+``search(..., parallel_trials=k)`` counts.
 
 ``benchmarks/fast_objective.py`` measures each against full generation (per-prompt agreement,
 rank correlation of trial objectives over a search, cost per trial).
@@ -38,24 +48,26 @@ rank correlation of trial objectives over a search, cost per trial).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from thinklens.decoding import close_end, greedy_continue, stop_token_ids
-from thinklens.evaluation import MarkerJudge, refusal_scores
+from thinklens.evaluation import MarkerJudge, marker_seen, refusal_scores
 from thinklens.generation import continue_ids, decode_new, generate
 from thinklens.hooks import intervene
 from thinklens.interventions.abliteration.matrix import MatrixEdit
+from thinklens.interventions.abliteration.protocol import (
+    HERETIC_SYSTEM,
+    chat_text,
+    detect_response_prefix,
+)
 from thinklens.interventions.abliteration.row_plans import RowPlans
 from thinklens.model import Model
 from thinklens.probes import RefusalProbe, probe_features
 from thinklens.rollouts import answer_start_ids
 
 RefusalObjective = Literal[
-    "full", "answer", "probe", "first_token", "early_stop", "draft", "short_thinking"
-]
-REFUSAL_OBJECTIVES: tuple[RefusalObjective, ...] = (
     "full",
     "answer",
     "probe",
@@ -63,7 +75,12 @@ REFUSAL_OBJECTIVES: tuple[RefusalObjective, ...] = (
     "early_stop",
     "draft",
     "short_thinking",
-)
+    "heretic",
+]
+REFUSAL_OBJECTIVES: tuple[RefusalObjective, ...] = get_args(RefusalObjective)
+#: The objectives that generate from fixed prompt tokens alone, so several plans can be counted
+#: in one batch (``verdicts_many``) or in flight.
+GENERATING: tuple[RefusalObjective, ...] = ("full", "early_stop", "heretic")
 #: The search's default way to count refusals on a model that thinks first (chosen on
 #: validation prompts, see ``benchmarks/results/fast_objective.txt``).
 THINKING_DEFAULT: RefusalObjective = "early_stop"
@@ -111,6 +128,8 @@ class RefusalCounter:
     drafts: list[list[int]] | None = None
     #: Thinking tokens generated before the thinking is closed (``"short_thinking"``).
     think_tokens: int = THINK_TOKENS
+    #: The prompts laid out Heretic's way (``"heretic"``).
+    heretic_texts: list[str] | None = None
 
     @classmethod
     def prepare(
@@ -124,6 +143,7 @@ class RefusalCounter:
         harmless_texts: Sequence[str] | None = None,
         harmless_ids: Sequence[Sequence[int]] | None = None,
         think_tokens: int = THINK_TOKENS,
+        response_prefix: str | None = None,
     ) -> RefusalCounter:
         """Everything ``objective`` needs from the base model, measured once.
 
@@ -131,6 +151,8 @@ class RefusalCounter:
         full generation. ``"probe"`` needs ``harmless_texts``: harmless prompts laid out the same
         way (decoded ``answer_start_ids``), the probe's benign class; ``"first_token"`` needs
         their ``answer_start_ids`` (``harmless_ids``), whose answers' first tokens are compliant.
+        ``"heretic"`` appends ``response_prefix``, or the one Heretic detects on the base
+        model's answers to the harmful prompts (``detect_response_prefix``).
         """
         check_refusal_objective(objective)
         if not harmful:
@@ -148,6 +170,12 @@ class RefusalCounter:
                     "does not: use objective='full'"
                 )
             counter.prefixes = base.chat_ids(counter.prompts)
+        if objective == "heretic":
+            if response_prefix is None:
+                response_prefix = detect_response_prefix(base, harmful, batch_size=batch_size)
+            counter.heretic_texts = [
+                chat_text(base, p, HERETIC_SYSTEM, response_prefix, True) for p in harmful
+            ]
         if objective in ("answer", "first_token"):
             counter.prefixes = answer_start_ids(base, counter.prompts, max_new_tokens, batch_size)
         if objective == "first_token":
@@ -242,6 +270,12 @@ class RefusalCounter:
                 drafts=self.drafts,
             )
             return judge(self.prompts, decode_new(model, new))
+        if self.objective == "heretic":
+            ids = self.prompt_ids(model)
+            new = greedy_continue(
+                model, ids, self.max_new_tokens, self.batch_size, stop_when=self.stop_when()
+            )
+            return self.judged(model, new)
         stop = self.answer_tokens if self.objective == "early_stop" else None
         outs = generate(
             model, self.prompts, self.max_new_tokens, batch_size=self.batch_size, answer_tokens=stop
@@ -252,16 +286,16 @@ class RefusalCounter:
         self, model: Model, plans: Sequence[Sequence[MatrixEdit]]
     ) -> list[list[bool]]:
         """``verdicts`` of the base ``model`` under each exact plan, all in one batch: the
-        prompts once per plan, each copy edited by its own plan (``RowPlans``). The
-        ``"full"`` and ``"early_stop"`` objectives only (they generate from the prompts alone).
+        prompts once per plan, each copy edited by its own plan (``RowPlans``). The objectives
+        that generate from the prompts alone only (``GENERATING``).
 
         The same greedy tokens as each plan written into the weights, up to floating-point
         ties between the two top tokens (hooks and written weights round differently).
         """
-        if self.objective not in ("full", "early_stop"):
+        if self.objective not in GENERATING:
             raise ValueError(
                 f"objective {self.objective!r} cannot count several plans in one batch: use "
-                "'early_stop' or 'full', or count one plan at a time (parallel_trials=1)"
+                f"one of {GENERATING}, or count one plan at a time (parallel_trials=1)"
             )
         if not plans:
             return []
@@ -278,24 +312,35 @@ class RefusalCounter:
                 self.stop_after(),
                 on_rows=edit.select,
                 groups=rows,
+                stop_when=self.stop_when(),
             )
         verdicts = self.judged(model, new, len(plans))
         return [verdicts[k * n : (k + 1) * n] for k in range(len(plans))]
 
     def prompt_ids(self, model: Model) -> list[list[int]]:
         """The harmful prompts' token ids, laid out as ``generate`` lays them out (so a plan's
-        tokens are those of ``verdicts``)."""
-        ids, mask = model.tokenize([model.chat(p) for p in self.prompts], padding_side="left")
+        tokens are those of ``verdicts``), or as Heretic lays them out (``"heretic"``)."""
+        texts = self.heretic_texts or [model.chat(p) for p in self.prompts]
+        ids, mask = model.tokenize(texts, padding_side="left")
         return [r[m.bool()].tolist() for r, m in zip(ids, mask, strict=True)]
 
     def stop_after(self) -> int | None:
-        """The answer tokens after which ``"early_stop"`` stops (None: ``"full"``)."""
+        """The answer tokens after which ``"early_stop"`` stops (None: no such stop)."""
         return self.answer_tokens if self.objective == "early_stop" else None
+
+    def stop_when(self) -> Callable[[str], bool] | None:
+        """What else stops a row: for ``"heretic"``, the first of Heretic's markers in its text
+        (the whole response is judged, so the verdict cannot change after it)."""
+        return marker_seen if self.objective == "heretic" else None
 
     def judged(self, model: Model, new: Sequence[Sequence[int]], copies: int = 1) -> list[bool]:
         """Whether each generated continuation ``new`` of ``copies`` runs of the prompts (in
-        order) refuses, by the marker judge after the thinking."""
-        return MarkerJudge(fmt=model.thinking)(self.prompts * copies, decode_new(model, new))
+        order) refuses, by the marker judge after the thinking (``"heretic"``: Heretic's markers
+        anywhere in it)."""
+        texts = decode_new(model, new)
+        if self.objective == "heretic":
+            return MarkerJudge(fmt=None, markers="heretic")(self.prompts * copies, texts)
+        return MarkerJudge(fmt=model.thinking)(self.prompts * copies, texts)
 
     def short_answers(self, model: Model) -> list[str]:
         """``short_thinking``'s answers: the first ``answer_tokens`` tokens (after whitespace)
@@ -325,23 +370,3 @@ class RefusalCounter:
     def __call__(self, model: Model) -> int:
         """How many harmful prompts ``model`` refuses."""
         return sum(self.verdicts(model))
-
-
-def plans_that_fit(
-    model: Model,
-    prompts: Sequence[str],
-    batch_size: int,
-    max_new_tokens: int,
-    most: int = PARALLEL_DEFAULT,
-) -> int:
-    """How many plans ``RefusalCounter.verdicts_many`` can count at once (1..``most``) for
-    ``prompts`` in batches of ``batch_size``: the key-value caches of ``most`` copies of a batch
-    (each row through ``max_new_tokens``) in the share of free memory that automatic batches
-    plan to fill (``thinklens.batching``)."""
-    from thinklens.batching import Footprint, batch_for, free_bytes
-
-    rows = min(len(prompts), batch_size)
-    longest = max(len(ids) for ids in model.chat_ids(prompts))
-    row = Footprint.of(model).row_bytes(longest, cache_len=longest + max_new_tokens)
-    fit = batch_for(free_bytes(model), row, most * rows, most * rows)
-    return max(1, min(most, fit // rows))

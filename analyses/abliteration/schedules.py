@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from thinklens.analyses.abliteration.metrics import AbliterationMetrics
-from thinklens.analyses.abliteration.objectives import plans_that_fit
+from thinklens.analyses.abliteration.objectives import GENERATING, PARALLEL_DEFAULT
 from thinklens.interventions.abliteration.protocol import Protocol
 from thinklens.model import Model
 
@@ -33,10 +33,10 @@ def check_parallel(
             "protocol='published' writes Heretic's rounded rank-3 edit, which has no exact "
             f"hook form for parallel trials: use {alone} with it"
         )
-    if objective not in ("early_stop", "full"):
+    if objective not in GENERATING:
         raise ValueError(
-            f"refusal_objective={objective!r} counts one trial at a time: use 'early_stop' or "
-            f"'full' to count several at a time, or {alone}"
+            f"refusal_objective={objective!r} counts one trial at a time: use one of "
+            f"{GENERATING} to count several at a time, or {alone}"
         )
     if reload is not None:
         raise ValueError(f"reload loads a model for each trial: use {alone} with it")
@@ -54,9 +54,30 @@ def resolve_parallel(
     if asked is not None:
         return asked
     thinks = metrics.answer_texts is not None
-    if not thinks or protocol != "thinklens" or objective != "early_stop" or reload is not None:
+    cheap = objective in ("early_stop", "heretic")
+    if not thinks or protocol != "thinklens" or not cheap or reload is not None:
         return 1
     return plans_that_fit(model, metrics.harmful, metrics.batch_size, metrics.max_new_tokens)
+
+
+def plans_that_fit(
+    model: Model,
+    prompts: Sequence[str],
+    batch_size: int,
+    max_new_tokens: int,
+    most: int = PARALLEL_DEFAULT,
+) -> int:
+    """How many plans ``RefusalCounter.verdicts_many`` can count at once (1..``most``) for
+    ``prompts`` in batches of ``batch_size``: the key-value caches of ``most`` copies of a batch
+    (each row through ``max_new_tokens``) in the share of free memory that automatic batches
+    plan to fill (``thinklens.batching``)."""
+    from thinklens.batching import Footprint, batch_for, free_bytes
+
+    rows = min(len(prompts), batch_size)
+    longest = max(len(ids) for ids in model.chat_ids(prompts))
+    row = Footprint.of(model).row_bytes(longest, cache_len=longest + max_new_tokens)
+    fit = batch_for(free_bytes(model), row, most * rows, most * rows)
+    return max(1, min(most, fit // rows))
 
 
 def trial_batches(done: int, todo: int, n_startup: int, most: int) -> list[int]:

@@ -188,7 +188,9 @@ def search(
             trials a batch, ``parallel_trials``) and ``"full"`` generation otherwise, and
             always under ``protocol="published"``. ``"full"`` is one flag away. ``"draft"``
             gives early_stop's verdicts exactly but was slower in a search on organism-aligned
-            (``benchmarks/results/fast_objective_draft.txt``).
+            (``benchmarks/results/fast_objective_draft.txt``). ``"heretic"`` is Heretic's own
+            count (its prompt layout and markers), batched and stopped at each row's first
+            marker.
         keep_lower_layers: ``kl_answer`` keeps the base model's layer inputs on its fixed
             texts and runs each trial from the first layer the edit touches (exact; the
             layers below compute what they did for the base). False runs every layer.
@@ -199,12 +201,14 @@ def search(
             prompts. TPE then treats the trials still running as the worst seen (Optuna's
             constant liar); the start-up trials run in batches of their own
             (``trial_batches``), so the first sampled batch sees all their results. Needs the
-            thinklens protocol and the ``"early_stop"`` or ``"full"`` objective. None: 8
+            thinklens protocol and an objective that generates from the prompts alone
+            (``"early_stop"``, ``"heretic"``, ``"full"``). None: 8
             (``PARALLEL_DEFAULT``) for a model that thinks first under the thinklens protocol
-            and ``"early_stop"``, fewer if 8 copies of the prompts' key-value cache do not fit
-            in free memory (``plans_that_fit``); 1 otherwise. On organism-aligned, early_stop
-            8 trials a batch took 1/5.5 of full generation's time a trial, held out, with the
-            same verdicts (``benchmarks/results/fast_objective_batched8.txt``).
+            and ``"early_stop"`` or ``"heretic"``, fewer if 8 copies of the prompts'
+            key-value cache do not fit in free memory (``plans_that_fit``); 1 otherwise. On
+            organism-aligned, early_stop 8 trials a batch took 1/5.5 of full generation's time
+            a trial, held out, with the same verdicts
+            (``benchmarks/results/fast_objective_batched8.txt``).
         space: the parameter space sampled (``suggest``), when it should differ from
             ``protocol``'s: ``"published"`` is Heretic 1.4.0's (both components' ``max_weight``
             in [0.8, 1.5]), ``"thinklens"`` Heretic's later one (the MLP edit can switch off).

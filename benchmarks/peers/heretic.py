@@ -290,10 +290,19 @@ def heretic_rows(study: dict) -> list[dict]:
     return rows
 
 
-def run_name(kind: str, reading: str, k: int | None = None) -> str:
-    """A thinklens run's name in the tables (``k``: an extra parallel run's trials a batch)."""
+def run_name(kind: str, reading: str, k: int | None = None, args: object = None) -> str:
+    """A thinklens run's name in the tables (``k``: an extra parallel run's trials a batch;
+    ``args``: the options that change the search from its defaults, named)."""
     batch = "" if k is None else f" x{k}"
-    return f"thinklens {kind}{batch}" + ("" if reading == "thinklens" else f" ({reading})")
+    tags = [reading] if reading != "thinklens" else []
+    if kind != "published":
+        if getattr(args, "thinklens_objective", None):
+            tags.append(f"{args.thinklens_objective} count")
+        if getattr(args, "kl_target", None) is not None:
+            tags.append(f"kl_target {args.kl_target}")
+        if getattr(args, "space", None):
+            tags.append(f"space {args.space}")
+    return f"thinklens {kind}{batch}" + (f" ({'; '.join(tags)})" if tags else "")
 
 
 def thinklens_run(
@@ -404,7 +413,8 @@ def main() -> None:
     p.add_argument(
         "--thinklens-objective",
         default=None,
-        help="search()'s refusal_objective for the default run (else its own choice)",
+        help="search()'s refusal_objective for the default and parallel runs (else its own "
+        "choice; 'heretic': Heretic's count, batched)",
     )
     p.add_argument(
         "--parallel-trials", type=int, default=4, help="trials a batch in the parallel run"
@@ -427,6 +437,12 @@ def main() -> None:
         nargs="+",
         default=["thinklens"],
         help="direction readings of the default and parallel runs (one run each)",
+    )
+    p.add_argument(
+        "--kl-target", type=float, default=None, help="search()'s KL shaping (default and parallel)"
+    )
+    p.add_argument(
+        "--space", choices=["thinklens", "published"], default=None, help="search()'s space"
     )
     p.add_argument("--judge-tokens", type=int, default=256, help="new tokens the judge reads")
     p.add_argument("--venv", type=Path, default=CACHE / "peers" / "heretic-venv")
@@ -486,12 +502,17 @@ def main() -> None:
         # thinklens, in this process, with the same settings.
         runs = {"heretic": her}
         todo = [
-            (run_name(kind, reading), kind, reading, args)
+            (run_name(kind, reading, args=args), kind, reading, args)
             for kind in args.runs
             for reading in (["heretic"] if kind == "published" else args.readings)
         ]
         todo += [
-            (run_name("parallel", reading, k), "parallel", reading, _with_k(args, k))
+            (
+                run_name("parallel", reading, k, args),
+                "parallel",
+                reading,
+                _with_k(args, k),
+            )
             for k in args.also_parallel
             for reading in args.readings
         ]

@@ -123,3 +123,24 @@ def test_after_opening_lays_out_rows_behind_a_cached_opening(models):
     assert ids[:, -1].tolist() == [6, 7] and ids[0, 0].item() == 5
     assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 1]]
     assert positions[0].tolist() == [3, 4] and positions[1, -1].item() == 3
+
+
+def test_a_row_stops_once_its_text_satisfies_stop_when(models):
+    """``stop_when`` cuts each row at the first token whose decoded text satisfies it; rows it
+    never stops keep all their tokens, and the other rows' tokens do not change."""
+    prompts = ["Hi there?", "Name a colour.", "What is two plus two, please?", "Go."]
+    m = models[0]
+    ids = m.chat_ids(prompts)
+    full = greedy_continue(m, ids, 12, batch_size=4)
+    # Stop a row once its text holds the third token the first row wrote.
+    cue = m.tokenizer.decode(full[0][2:3], skip_special_tokens=True)
+    assert cue.strip()
+
+    def seen(text: str) -> bool:
+        return cue in text
+
+    got = greedy_continue(m, ids, 12, batch_size=4, stop_when=seen)
+    for row, want in zip(got, full, strict=True):
+        cut = next((k for k in range(1, len(want) + 1) if seen(m.tokenizer.decode(want[:k]))), None)
+        assert row == (want if cut is None else want[:cut])
+    assert any(len(r) < len(w) for r, w in zip(got, full, strict=True))

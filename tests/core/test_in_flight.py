@@ -107,3 +107,22 @@ def test_keep_rows_keeps_the_rows_cache_and_mask(model):
     kept = keep_rows(cache, mask, [2, 0])
     assert torch.equal(kept, mask[[2, 0]])
     torch.testing.assert_close(cache.layers[0].keys, keys[[2, 0]])
+
+
+def test_a_job_stops_rows_where_greedy_continue_stops_them(model):
+    """``stop_when`` cuts a row in flight where ``greedy_continue`` cuts it."""
+    prefixes = _prefixes(model, JOBS["c"])
+    full = greedy_continue(model, prefixes, 10)
+    cue = model.tokenizer.decode(full[0][1:2], skip_special_tokens=True)
+
+    def seen(text: str) -> bool:
+        return bool(cue) and cue in text
+
+    want = greedy_continue(model, prefixes, 10, stop_when=seen)
+    flight = InFlight(model, 10, stop_when=seen)
+    flight.add("c", prefixes)
+    got = {}
+    while flight:
+        got |= flight.step()
+    assert got == {"c": want}
+    assert len(want[0]) < len(full[0])

@@ -262,3 +262,32 @@ def test_plans_counted_in_one_batch_give_each_plans_own_verdicts(aligned):
     assert len({tuple(v) for v in want}) > 1
     with pytest.raises(ValueError, match="cannot count several plans"):
         RefusalCounter("answer", harmful).verdicts_many(m, plans)
+
+
+@pytest.mark.real
+@needs_aligned
+def test_heretic_count_batched_gives_the_published_counts_verdicts(aligned):
+    """The ``"heretic"`` objective, plans counted at once and rows stopped at their first
+    marker, gives per prompt the verdicts of Heretic's count (``protocol="published"``: 100
+    new tokens, Heretic's markers over the whole response) with each plan written."""
+    import optuna
+
+    from thinklens.evaluation import MarkerJudge
+    from thinklens.interventions.abliteration import edited, heretic_plan
+    from thinklens.interventions.abliteration.heretic import suggest
+
+    m = aligned
+    harmful = bundled_prompts("harmful", "test")[:6]
+    d = compute_directions(m, bundled_prompts("harmful", "train")[:16], HARMLESS, progress=False)
+    counter = RefusalCounter.prepare(m, harmful, "heretic", response_prefix="<think></think>\n")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    plans = [[]] + [heretic_plan(m, d, suggest(study.ask(), m.n_layers)) for _ in range(4)]
+    judge = MarkerJudge(fmt=None, markers="heretic")
+    want = []
+    for plan in plans:
+        with edited(m, plan):
+            outs = generate(m, counter.heretic_texts, 100, batch_size=16, chat=False)
+            want.append(judge(harmful, outs))
+    assert counter.verdicts_many(m, plans) == want
+    assert counter.verdicts(m) == want[0]
+    assert len({tuple(v) for v in want}) > 1

@@ -15,6 +15,7 @@ from thinklens.analyses.abliteration.schedules import trial_batches
 from thinklens.analyses.abliteration.search import reading_advice, search
 from thinklens.data import bundled_prompts
 from thinklens.interventions.abliteration.directions import compute_directions
+from thinklens.interventions.abliteration.protocol import HERETIC_SYSTEM
 from thinklens.interventions.abliteration.weights import apply
 from thinklens.testing import tiny_model
 
@@ -145,6 +146,19 @@ def test_parallel_trials_measure_each_trial_as_written_weights_would(setup, tmp_
     assert states.count(optuna.trial.TrialState.FAIL) == 1
 
 
+@pytest.mark.parametrize("schedule", ["batches", "in_flight"])
+def test_heretics_count_measures_each_trial_as_written_weights_would(setup, schedule):
+    """``refusal_objective="heretic"`` counted two trials at a time (batch after batch, or in
+    flight): each trial's refusals are Heretic's count of its edit written."""
+    m, d, metrics = setup
+    kw = dict(n_startup_trials=2, progress=False, parallel_trials=2, schedule=schedule)
+    res = search(m, d, metrics, n_trials=4, refusal_objective="heretic", **kw)
+    assert res.study.user_attrs["refusal_objective"] == "heretic"
+    counted = metrics.with_objective(m, "heretic")
+    assert all(HERETIC_SYSTEM in t for t in counted.counter.heretic_texts)
+    _measured_as_written(m, d, counted, res)
+
+
 def test_trials_in_flight_measure_each_trial_as_written_weights_would(setup, tmp_path):
     """Trials counted in flight (each joining the running batch, told when its rows stop):
     each trial's refusals and KL are those of its edit written; no sampled trial is asked
@@ -232,11 +246,8 @@ def test_a_thinking_model_counts_eight_trials_a_batch_by_default(monkeypatch):
     """parallel_trials unset: 8 trials a batch for a model that thinks first with early_stop
     (fewer when free memory holds fewer copies of the prompts' cache), else one at a time."""
     import thinklens.batching as batching
-    from thinklens.analyses.abliteration.objectives import (
-        PARALLEL_DEFAULT,
-        RefusalCounter,
-        plans_that_fit,
-    )
+    from thinklens.analyses.abliteration.objectives import PARALLEL_DEFAULT, RefusalCounter
+    from thinklens.analyses.abliteration.schedules import plans_that_fit
 
     m = tiny_model("llama", backend="nnsight")
     d = compute_directions(m, HARMFUL, HARMLESS, progress=False, reading="heretic")
