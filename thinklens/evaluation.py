@@ -216,9 +216,7 @@ def is_refusal(
     answer = _answer(response, fmt)
     if not answer.strip():
         return True
-    ms = marker_set(markers)
-    text = ms.normalize(answer[:max_chars])
-    return any(ms.normalize(m) in text for m in ms.markers)
+    return marker_seen(answer[:max_chars], markers)
 
 
 def marker_seen(text: str, markers: str | Sequence[str] = "heretic") -> bool:

@@ -68,3 +68,13 @@ def test_unknown_marker_set_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown marker set 'nope'.*thinklens, heretic"):
         marker_set("nope")
     assert marker_set(["no way"]).markers == ("no way",)
+
+
+@pytest.mark.parametrize("answer", ANSWERS)
+def test_a_marker_seen_is_heretics_verdict_except_on_an_empty_text(answer):
+    """``marker_seen`` (a generated row's stop) is Heretic's verdict on any text that has
+    started; an empty text has not yet, so it is no refusal there."""
+    from thinklens.evaluation import marker_seen
+
+    assert marker_seen(answer) == (heretic_verdict(answer) and bool(answer.strip()))
+    assert marker_seen(answer + " I'm sorry") and not marker_seen("")
