@@ -299,13 +299,17 @@ def search(
     def first_of(target: Model, plan: list) -> int | None:
         return first_edited_layer(target, [e.module for e in plan]) if keep_lower_layers else None
 
-    def objective(trial: Any) -> tuple[float, float]:
-        params = suggest(trial, model.n_layers, space)
-        target = reload() if reload is not None else model
+    def make(trial: Any, target: Model = model) -> tuple[HereticParams, list, int | None]:
+        params = suggest(trial, target.n_layers, space)
         plan = heretic_plan(target, directions, params, protocol)
+        return params, plan, first_of(target, plan)
+
+    def objective(trial: Any) -> tuple[float, float]:
+        target = reload() if reload is not None else model
+        params, plan, first = make(trial, target)
         with edited(target, plan):
             # Only the KL the objective reads: each one is a forward pass over the prompts.
-            m = metrics(target, kl_keys=[kl_key], first_edited=first_of(target, plan))
+            m = metrics(target, kl_keys=[kl_key], first_edited=first)
         return record(trial, params, m)
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -319,11 +323,6 @@ def search(
         bar.update()
         if trial.values is not None:
             bar.set_postfix(kl=f"{trial.values[0]:.3f}", refusals=trial.user_attrs["refusals"])
-
-    def make(trial: Any) -> tuple[HereticParams, list, int | None]:
-        params = suggest(trial, model.n_layers, space)
-        plan = heretic_plan(model, directions, params, protocol)
-        return params, plan, first_of(model, plan)
 
     if schedule == "in_flight" and todo:
         fail_stale(study)
