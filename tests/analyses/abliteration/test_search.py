@@ -242,6 +242,21 @@ def test_parallel_trials_need_exact_edits_and_a_generating_objective(setup):
         search(m, d, metrics, n_trials=1, progress=False, parallel_trials=2, reload=lambda: m)
 
 
+def test_a_search_that_reloads_edits_each_trials_own_copy(setup):
+    """``reload``: each trial's edit is written into a model of its own (the loop of the first
+    published tools), with the same refusals and KL as that trial's edit of the loaded model."""
+    m, d, metrics = setup
+    copies = []
+
+    def reload():
+        copies.append(tiny_model("llama", backend="nnsight"))
+        return copies[-1]
+
+    res = search(m, d, metrics, n_trials=3, n_startup_trials=2, progress=False, reload=reload)
+    assert len(copies) == 3
+    _measured_as_written(m, d, metrics, res)
+
+
 def test_a_thinking_model_counts_eight_trials_a_batch_by_default(monkeypatch):
     """parallel_trials unset: 8 trials a batch for a model that thinks first with early_stop
     (fewer when free memory holds fewer copies of the prompts' cache), else one at a time."""
