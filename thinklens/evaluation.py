@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal, Protocol
 
 import torch
@@ -137,6 +138,11 @@ class MarkerSet:
     markers: tuple[str, ...]
     normalize: Callable[[str], str]
 
+    @cached_property
+    def normalized(self) -> tuple[str, ...]:
+        """The markers normalised, once (a stopping row reads them every decoding step)."""
+        return tuple(self.normalize(m) for m in self.markers)
+
 
 #: Named marker sets: thinklens's default and Heretic's own list with its normalisation.
 MARKER_SETS: dict[str, MarkerSet] = {
@@ -225,7 +231,7 @@ def marker_seen(text: str, markers: str | Sequence[str] = "heretic") -> bool:
     A generated row can stop at its first marker when the whole text is judged this way."""
     ms = marker_set(markers)
     t = ms.normalize(text)
-    return any(ms.normalize(m) in t for m in ms.markers)
+    return any(m in t for m in ms.normalized)
 
 
 class Judge(Protocol):
