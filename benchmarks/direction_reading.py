@@ -84,9 +84,6 @@ def main() -> None:
     p.add_argument(
         "--space", choices=["thinklens", "published"], default=None, help="search()'s space"
     )
-    p.add_argument(
-        "--refusal-intent", action="store_true", help="search()'s refusal_intent (tie-break)"
-    )
     p.add_argument("--out", type=Path, default=RESULTS / "direction_reading.txt")
     args = p.parse_args()
     args.thinklens_objective = args.refusal_objective
@@ -145,8 +142,7 @@ def main() -> None:
         f"search: parallel_trials {args.parallel_trials}, {args.trials} trials, {args.startup} "
         f"start-up, batch {args.batch_size}, kl_target {args.kl_target}, space "
         f"{args.space or 'thinklens'}, schedule {args.schedule or 'batches'}, refusal_objective "
-        f"{args.refusal_objective or 'auto'}, refusal_intent {args.refusal_intent}, "
-        "thinklens defaults otherwise",
+        f"{args.refusal_objective or 'auto'}, thinklens defaults otherwise",
         f"judge: full generation, {args.judge_tokens} new tokens, markers in the answer after "
         f"the thinking; KL of the first answer token; base refusals {base} of {n}",
         "",

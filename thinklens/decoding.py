@@ -204,11 +204,10 @@ def first_pass(
     on_rows: Callable[[list[int]], None],
     groups: list[int],
     stop_when: Callable[[str], bool] | None = None,
-    on_token: Callable[[list[int]], None] | None = None,
 ) -> tuple[object, Int[Tensor, "batch width"], list[Decoded]]:
     """The shared opening once a group, then the drafts checked in one pass: the pass's key-value
     cache (with room for the steps to come), its mask (rejected draft tokens masked out, like
-    padding) and each row's tokens so far (``on_token``: see ``greedy_continue``)."""
+    padding) and each row's tokens so far."""
     shareable = len(prefixes) > len(set(groups)) and positions_free(model)
     shared = shared_length(prefixes) if shareable else 0
     past = {}
@@ -226,8 +225,6 @@ def first_pass(
         use_cache=True,
         **past,
     )
-    if on_token is not None:
-        on_token(list(range(len(prefixes))))
     choice = out.logits.argmax(-1).tolist()
     width = mask.shape[1]
     rules = StopRules.of(model, max_new_tokens, answer_tokens, stop_when)
@@ -275,7 +272,6 @@ def _decode(
     mask: Int[Tensor, "batch width"],
     rows: list[Decoded],
     on_rows: Callable[[list[int]], None],
-    on_token: Callable[[list[int]], None] | None = None,
 ) -> list[list[int]]:
     """Greedy steps after ``first_pass`` until every row stops; each row's new tokens."""
     active = list(range(len(rows)))
@@ -290,8 +286,6 @@ def _decode(
             active = [active[k] for k in still]
             on_rows(active)
         cache, mask, tokens = next_step(model, cache, mask, [rows[r].new[-1] for r in active])
-        if on_token is not None:
-            on_token(active)
         for r, t in zip(active, tokens, strict=True):
             rows[r].extend([t])
     return [r.output() for r in rows]
@@ -307,7 +301,6 @@ def greedy_continue(
     on_rows: Callable[[list[int]], None] | None = None,
     groups: Sequence[int] | None = None,
     stop_when: Callable[[str], bool] | None = None,
-    on_token: Callable[[list[int]], None] | None = None,
 ) -> list[list[int]]:
     """Greedy new token ids after each prefix, as ``continue_ids`` gives them: each row leaves
     the batch as soon as it stops (at a stop token, ``answer_tokens`` after its thinking closes,
@@ -328,12 +321,6 @@ def greedy_continue(
 
     ``stop_when``: a row also stops once its decoded new text (special tokens skipped) satisfies
     it, e.g. once a verdict read from the text can no longer change.
-
-    ``on_token``: called after each forward pass that chooses tokens, with the rows (indices
-    into ``prefixes``) it chose one for, in batch order (the pass's last positions, each of
-    which wrote its row's next token; with a draft, a row's first pass writes its agreed draft
-    and one token more). A hook that reads the last position of every pass learns from it
-    which token each reading wrote (the shared opening's pass writes none).
     """
     if drafts is None:
         drafts = [[] for _ in prefixes]
@@ -355,10 +342,6 @@ def greedy_continue(
             if on_rows is not None:
                 on_rows([start + r for r in active])
 
-        def wrote(active: list[int], start: int = start) -> None:
-            if on_token is not None:
-                on_token([start + r for r in active])
-
         cache, mask, decoded = first_pass(
             model,
             [list(prefixes[i]) for i in rows],
@@ -368,7 +351,6 @@ def greedy_continue(
             shifted,
             [groups[i] for i in rows],
             stop_when,
-            wrote,
         )
-        final += _decode(model, cache, mask, decoded, shifted, wrote)
+        final += _decode(model, cache, mask, decoded, shifted)
     return final

@@ -10,9 +10,7 @@ from thinklens.analyses.abliteration.config import (
     AbliterationExportConfig,
     AbliterationSearchConfig,
 )
-from thinklens.analyses.abliteration.fronts import INTENT_WEIGHT, count_front, objective_scores
 from thinklens.analyses.abliteration.gsm8k import gsm8k_accuracy, load_gsm8k
-from thinklens.analyses.abliteration.intent import AnswerIntent
 from thinklens.analyses.abliteration.metrics import AbliterationMetrics, count_refusals
 from thinklens.analyses.abliteration.objectives import (
     REFUSAL_OBJECTIVES,
@@ -22,15 +20,13 @@ from thinklens.analyses.abliteration.objectives import (
 from thinklens.analyses.abliteration.search import (
     OBJECTIVES,
     SearchResult,
+    objective_scores,
     search,
     trial_params,
 )
 
 __all__ = [
-    "INTENT_WEIGHT",
     "OBJECTIVES",
-    "AnswerIntent",
-    "count_front",
     "REFUSAL_OBJECTIVES",
     "AbliterationApplyConfig",
     "AbliterationDirectionsConfig",

@@ -165,11 +165,6 @@ class AbliterationSearchConfig(_Evaluation):
         help="batches: parallel trials counted batch after batch; in_flight: each new trial "
         "joins the running batch as soon as another is done",
     )
-    refusal_intent: bool = option(
-        default_of(search, "refusal_intent"),
-        help="break ties in the refusal count by the refusal probe read where each answer "
-        "opens (a model that thinks first; early_stop or full, batches)",
-    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -109,11 +109,8 @@ class AbliterationMetrics:
         objective: RefusalObjective,
         answer_tokens: int = ANSWER_TOKENS,
         think_tokens: int = THINK_TOKENS,
-        intent: bool = False,
     ) -> AbliterationMetrics:
-        """A copy that counts refusals ``objective``'s way, its base refusals counted so too
-        (``intent``: ``many`` also reads the refusal intent at the answers' starts,
-        ``RefusalCounter.prepare``).
+        """A copy that counts refusals ``objective``'s way, its base refusals counted so too.
 
         ``base`` is the unedited model these metrics were prepared on. The cheaper objectives
         read the answer after the base model's thinking, so they need a model that thinks first
@@ -121,7 +118,7 @@ class AbliterationMetrics:
         the thinklens protocol (its prompts are laid out Heretic's way in the counter).
         """
         check_refusal_objective(objective)
-        if objective == "full" and not intent:
+        if objective == "full":
             return (
                 replace(
                     self,
@@ -133,18 +130,15 @@ class AbliterationMetrics:
                 if self.counter is not None
                 else self
             )
-        what, fix = f"objective={objective!r}", "use objective='full'"
-        if intent:
-            what, fix = "refusal intent", "leave refusal_intent off"
         if self.harmful_texts is not None:
             raise ValueError(
-                f"{what} reads the answer after the model's own thinking; the published "
-                f"protocol counts Heretic's way: {fix} with it"
+                f"objective={objective!r} reads the answer after the model's own thinking; the "
+                "published protocol counts Heretic's way: use objective='full' with it"
             )
-        if self.answer_texts is None and (objective != "heretic" or intent):
+        if self.answer_texts is None and objective != "heretic":
             raise ValueError(
-                f"{what} is for models that think first; these metrics were prepared without "
-                f"thinking: {fix}"
+                f"objective={objective!r} is for models that think first; these metrics were "
+                "prepared without thinking: use objective='full'"
             )
         counter = RefusalCounter.prepare(
             base,
@@ -156,7 +150,6 @@ class AbliterationMetrics:
             harmless_texts=self.answer_texts,
             harmless_ids=self.answer_ids,
             think_tokens=think_tokens,
-            intent=intent,
         )
         return replace(self, counter=counter, base_refusals=counter(base))
 
@@ -365,21 +358,18 @@ class AbliterationMetrics:
         first_edited: Sequence[int | None] | None = None,
     ) -> list[dict[str, float]]:
         """``self(model)`` under each exact plan, as if each were written into the weights:
-        the refusals of all plans counted in one batch (``RefusalCounter.read_many``), the
+        the refusals of all plans counted in one batch (``RefusalCounter.verdicts_many``), the
         KL (and over-refusal) of each with its plan written in turn. ``first_edited``: one per
-        plan (see ``kl``). With the counter's ``intent`` probe, ``intent`` is each plan's mean
-        probe score at its answers' starts."""
+        plan (see ``kl``)."""
         if self.harmful_texts is not None:
             raise ValueError(
                 "the published protocol counts Heretic's way, one plan at a time: "
                 "use parallel_trials=1 with it"
             )
-        verdicts, scores = self.refusal_counter().read_many(model, plans)
+        counts = [sum(v) for v in self.refusal_counter().verdicts_many(model, plans)]
         firsts = list(first_edited) if first_edited is not None else [None] * len(plans)
         out = []
-        for k, (plan, v, first) in enumerate(zip(plans, verdicts, firsts, strict=True)):
+        for plan, n, first in zip(plans, counts, firsts, strict=True):
             with edited(model, plan):
-                out.append(self._row(model, sum(v), kl_keys, first))
-            if scores is not None:
-                out[-1]["intent"] = sum(scores[k]) / len(scores[k])
+                out.append(self._row(model, n, kl_keys, first))
         return out

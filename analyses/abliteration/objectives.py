@@ -49,11 +49,9 @@ rank correlation of trial objectives over a search, cost per trial).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from thinklens.analyses.abliteration.intent import AnswerIntent, intent_probe
 from thinklens.decoding import close_end, greedy_continue, stop_token_ids
 from thinklens.evaluation import MarkerJudge, marker_seen, refusal_scores
 from thinklens.generation import continue_ids, decode_new, generate
@@ -132,8 +130,6 @@ class RefusalCounter:
     think_tokens: int = THINK_TOKENS
     #: The prompts laid out Heretic's way (``"heretic"``).
     heretic_texts: list[str] | None = None
-    #: Read at each answer's start by ``count_many`` (``intent.AnswerIntent``), if given.
-    intent: RefusalProbe | None = None
 
     @classmethod
     def prepare(
@@ -148,7 +144,6 @@ class RefusalCounter:
         harmless_ids: Sequence[Sequence[int]] | None = None,
         think_tokens: int = THINK_TOKENS,
         response_prefix: str | None = None,
-        intent: bool = False,
     ) -> RefusalCounter:
         """Everything ``objective`` needs from the base model, measured once.
 
@@ -157,9 +152,7 @@ class RefusalCounter:
         way (decoded ``answer_start_ids``), the probe's benign class; ``"first_token"`` needs
         their ``answer_start_ids`` (``harmless_ids``), whose answers' first tokens are compliant.
         ``"heretic"`` appends ``response_prefix``, or the one Heretic detects on the base
-        model's answers to the harmful prompts (``detect_response_prefix``). ``intent`` trains
-        the probe ``count_many`` reads at each answer's start (``intent.train_intent_probe``),
-        on the base's refused harmful prompts and ``harmless_texts``.
+        model's answers to the harmful prompts (``detect_response_prefix``).
         """
         check_refusal_objective(objective)
         if not harmful:
@@ -220,16 +213,6 @@ class RefusalCounter:
             counter.probe = RefusalProbe.train(
                 base, texts, labels, batch_size=batch_size, progress=False
             )
-        if intent:
-            if not harmless_texts or objective not in ("early_stop", "full"):
-                raise ValueError(
-                    "intent reads the answer after the model's own thinking: it needs harmless "
-                    f"texts (metrics with thinking) and objective 'early_stop' or 'full', not "
-                    f"{objective!r}"
-                )
-            counter.intent = intent_probe(
-                base, counter.prompts, counter.verdicts(base), harmless_texts, max_new_tokens
-            )
         return counter
 
     def _refusal_openings(self, base: Model, harmless_ids: Sequence[Sequence[int]]) -> list[int]:
@@ -288,8 +271,10 @@ class RefusalCounter:
             )
             return judge(self.prompts, decode_new(model, new))
         if self.objective == "heretic":
-            ids, most = self.prompt_ids(model), self.max_new_tokens
-            new = greedy_continue(model, ids, most, self.batch_size, stop_when=self.stop_when())
+            ids = self.prompt_ids(model)
+            new = greedy_continue(
+                model, ids, self.max_new_tokens, self.batch_size, stop_when=self.stop_when()
+            )
             return self.judged(model, new)
         stop = self.answer_tokens if self.objective == "early_stop" else None
         outs = generate(
@@ -307,26 +292,18 @@ class RefusalCounter:
         The same greedy tokens as each plan written into the weights, up to floating-point
         ties between the two top tokens (hooks and written weights round differently).
         """
-        return self.read_many(model, plans)[0]
-
-    def read_many(
-        self, model: Model, plans: Sequence[Sequence[MatrixEdit]]
-    ) -> tuple[list[list[bool]], list[list[float]] | None]:
-        """``verdicts_many`` and, with an ``intent`` probe, each row's score at its answer's
-        start (``intent.AnswerIntent``), split by plan the same way (else None)."""
         if self.objective not in GENERATING:
             raise ValueError(
                 f"objective {self.objective!r} cannot count several plans in one batch: use "
                 f"one of {GENERATING}, or count one plan at a time (parallel_trials=1)"
             )
         if not plans:
-            return [], None
+            return []
         prefixes = self.prompt_ids(model)
         n = len(prefixes)
         rows = [k for k in range(len(plans)) for _ in range(n)]
         edit = RowPlans(plans, rows)
-        reader = AnswerIntent(self.intent, len(rows)) if self.intent is not None else None
-        with intervene(model, edit), reader.reading(model) if reader else nullcontext():
+        with intervene(model, edit):
             new = greedy_continue(
                 model,
                 prefixes * len(plans),
@@ -336,13 +313,9 @@ class RefusalCounter:
                 on_rows=edit.select,
                 groups=rows,
                 stop_when=self.stop_when(),
-                on_token=reader.wrote if reader else None,
             )
         verdicts = self.judged(model, new, len(plans))
-        scores = reader.at_answer(model, new) if reader else None
-        by_plan = [slice(k * n, (k + 1) * n) for k in range(len(plans))]
-        intents = None if scores is None else [scores[k] for k in by_plan]
-        return [verdicts[k] for k in by_plan], intents
+        return [verdicts[k * n : (k + 1) * n] for k in range(len(plans))]
 
     def prompt_ids(self, model: Model) -> list[list[int]]:
         """The harmful prompts' token ids, laid out as ``generate`` lays them out (so a plan's

@@ -20,7 +20,6 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from thinklens.analyses.abliteration.fronts import count_front, objective_scores
 from thinklens.analyses.abliteration.in_flight import tell_in_flight
 from thinklens.analyses.abliteration.metrics import AbliterationMetrics
 from thinklens.analyses.abliteration.objectives import (
@@ -78,18 +77,31 @@ def _table(trials: list) -> pd.DataFrame:
     rows = []
     for t in trials:
         rows.append(
-            dict(trial=t.number, **{k: t.user_attrs.get(k) for k in ("kl", "kl_answer", "intent")})
+            dict(trial=t.number, **{k: t.user_attrs.get(k) for k in ("kl", "kl_answer")})
             | dict(refusals=t.user_attrs.get("refusals"), refusal_ratio=t.values[1])
             | {k: round(v, 4) if isinstance(v, float) else v for k, v in t.params.items()}
         )
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    if df["intent"].isna().all():
-        df = df.drop(columns="intent")
     # The KL the search minimised: a trial records only that one (see ``search``).
     kl = "kl_answer" if df["kl_answer"].notna().any() else "kl"
     return df.sort_values(["refusal_ratio", kl], ignore_index=True)
+
+
+def objective_scores(
+    kl: float, refusals: int, base_refusals: int, kl_target: float | None = None
+) -> tuple[float, float]:
+    """The two minimised objectives of a trial: (KL score, refusal ratio).
+
+    The refusal ratio is ``refusals / base_refusals`` (the count itself when the base refuses
+    nothing), as in Heretic. With ``kl_target``, a KL below it scores ``ratio * kl_target``
+    instead (Heretic 1.4.0's shaping, with its ``kl_divergence_scale`` of 1).
+    """
+    ratio = refusals / base_refusals if base_refusals > 0 else float(refusals)
+    if kl_target is not None and kl < kl_target:
+        return ratio * kl_target, ratio
+    return kl, ratio
 
 
 def _objective(asked: str, metrics: AbliterationMetrics, protocol: Protocol) -> RefusalObjective:
@@ -139,7 +151,6 @@ def search(
     parallel_trials: int | None = None,
     space: Protocol | None = None,
     schedule: str = "batches",
-    refusal_intent: bool = False,
 ) -> SearchResult:
     """Run (or resume) Heretic's search until the study holds ``n_trials`` finished trials.
 
@@ -210,13 +221,6 @@ def search(
             scored 8.00 against 7.25 on validation prompts (2 seeds,
             ``benchmarks/results/direction_reading_parallel8_in_flight.txt``), so batches stay
             the default.
-        refusal_intent: order trials of the same refusal count by the refusal intent their
-            edit leaves (``intent.AnswerIntent``: the refusal probe, trained on the base model
-            when the search starts, read where each answer opens during the same decoding), so
-            an edit that brings the model closer to answering is not dropped from the sampler's
-            front for tying with a weaker one (``objective_scores``); the front returned is by
-            whole refusals (``count_front``). Needs a model that thinks first, the thinklens
-            protocol, ``"early_stop"`` or ``"full"``, batches and no ``reload``.
     Heretic's default seed is random; thinklens's is 0, so a search repeats.
     """
     if protocol == "published" and kl_target is None:
@@ -230,16 +234,8 @@ def search(
     objective = _objective(refusal_objective, metrics, protocol)
     parallel_trials = resolve_parallel(parallel_trials, model, metrics, protocol, objective, reload)
     check_parallel(parallel_trials, protocol, objective, reload, schedule)
-    if refusal_intent and (schedule != "batches" or reload is not None):
-        raise ValueError(
-            "refusal_intent reads trials counted in batches on the loaded model: use "
-            "schedule='batches' and no reload"
-        )
-    has_intent = metrics.counter is not None and metrics.counter.intent is not None
-    if objective != metrics.objective or refusal_intent != has_intent:
-        metrics = metrics.with_objective(
-            model, objective, answer_tokens, think_tokens, intent=refusal_intent
-        )
+    if objective != metrics.objective:
+        metrics = metrics.with_objective(model, objective, answer_tokens, think_tokens)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -269,7 +265,6 @@ def search(
         study.set_user_attr("base_refusals", metrics.base_refusals)
         study.set_user_attr("refusal_objective", objective)
         study.set_user_attr("space", space)
-        study.set_user_attr("refusal_intent", refusal_intent)
     elif owner != fingerprint:
         raise ValueError(
             f"study {study_name!r} in {storage} belongs to {study.user_attrs.get('model')} "
@@ -280,11 +275,6 @@ def search(
         raise ValueError(
             f"study {study_name!r} counted refusals with objective {counted!r}, not "
             f"{objective!r}: resume it with refusal_objective={counted!r}, or start another study"
-        )
-    if study.user_attrs.get("refusal_intent", False) != refusal_intent:
-        raise ValueError(
-            f"study {study_name!r} was searched with refusal_intent="
-            f"{not refusal_intent}: resume it so, or start another study"
         )
     sampled = study.user_attrs.get("space", space)
     if sampled != space:
@@ -304,8 +294,7 @@ def search(
         trial.set_user_attr("params", json.dumps(params.to_dict()))
         for k, v in m.items():
             trial.set_user_attr(k, v)
-        n, intent = m["refusals"], m.get("intent")
-        return objective_scores(m[kl_key], n, metrics.base_refusals, kl_target, intent)
+        return objective_scores(m[kl_key], m["refusals"], metrics.base_refusals, kl_target)
 
     def first_of(target: Model, plan: list) -> int | None:
         return first_edited_layer(target, [e.module for e in plan]) if keep_lower_layers else None
@@ -349,7 +338,7 @@ def search(
             record,
             tick,
         )
-    elif parallel_trials == 1 and not refusal_intent:
+    elif parallel_trials == 1:
         study.optimize(objective, n_trials=todo, callbacks=[tick])
     else:
         fail_stale(study)
@@ -367,5 +356,4 @@ def search(
                 tick(study, study.trials[t.number])
     bar.close()
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    front = count_front(complete) if refusal_intent else study.best_trials
-    return SearchResult(study, _table(complete), _table(front))
+    return SearchResult(study, _table(complete), _table(study.best_trials))

@@ -302,8 +302,6 @@ def run_name(kind: str, reading: str, k: int | None = None, args: object = None)
             tags.append(f"kl_target {args.kl_target}")
         if getattr(args, "space", None):
             tags.append(f"space {args.space}")
-        if getattr(args, "refusal_intent", False):
-            tags.append("refusal intent")
     return f"thinklens {kind}{batch}" + (f" ({'; '.join(tags)})" if tags else "")
 
 
@@ -346,8 +344,6 @@ def thinklens_run(
             kw["space"] = args.space
         if kind == "parallel" and getattr(args, "schedule", None) is not None:
             kw["schedule"] = args.schedule
-        if getattr(args, "refusal_intent", False):
-            kw["refusal_intent"] = True
     setup = time.perf_counter() - start
     res = search(
         model,
@@ -447,12 +443,6 @@ def main() -> None:
     )
     p.add_argument(
         "--space", choices=["thinklens", "published"], default=None, help="search()'s space"
-    )
-    p.add_argument(
-        "--refusal-intent",
-        action="store_true",
-        help="search()'s refusal_intent (default and parallel runs): ties in the refusal count "
-        "broken by the refusal probe at the answers' starts",
     )
     p.add_argument("--judge-tokens", type=int, default=256, help="new tokens the judge reads")
     p.add_argument("--venv", type=Path, default=CACHE / "peers" / "heretic-venv")

@@ -71,9 +71,6 @@ def test_directions_apply_search_export_evaluate(tiny_cli, tmp_path, capsys):
     fast = ["--refusal-objective", "answer", "--study-name", "other"]
     assert main(["abliteration", "search", "tiny", *ev, *db, "--n-trials", "1", *fast]) == 2
     assert "think" in capsys.readouterr().err
-    intent = ["--refusal-intent", "--study-name", "intent", "--parallel-trials", "2"]
-    assert main(["abliteration", "search", "tiny", *ev, *db, "--n-trials", "1", *intent]) == 2
-    assert "refusal intent is for models that think first" in capsys.readouterr().err
     exp = tmp_path / "trial0"
     assert (
         main(["abliteration", "export", "tiny", *ev, *db, "--trial", "0", "--out", str(exp)]) == 0

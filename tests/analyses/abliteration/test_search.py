@@ -268,13 +268,13 @@ def test_a_thinking_model_counts_eight_trials_a_batch_by_default(monkeypatch):
     d = compute_directions(m, HARMFUL, HARMLESS, progress=False, reading="heretic")
     thinks = AbliterationMetrics.prepare(m, HARMFUL, HARMLESS, thinking=True, max_new_tokens=4)
     batches: list[int] = []
-    many = RefusalCounter.read_many
+    many = RefusalCounter.verdicts_many
 
     def spy(self, model, plans):
         batches.append(len(plans))
         return many(self, model, plans)
 
-    monkeypatch.setattr(RefusalCounter, "read_many", spy)
+    monkeypatch.setattr(RefusalCounter, "verdicts_many", spy)
     kw = dict(n_startup_trials=4, progress=False)
     res = search(m, d, thinks, n_trials=10, **kw)
     # The 4 start-up trials in a batch of their own, then the 6 sampled ones.

@@ -219,7 +219,6 @@ def _search(cfg: AbliterationSearchConfig) -> None:
         parallel_trials=cfg.parallel_trials,
         space=cfg.space,
         schedule=cfg.schedule,
-        refusal_intent=cfg.refusal_intent,
     )
     front = res.pareto
     if cfg.xstest and not front.empty:
