@@ -26,7 +26,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "peers"))
-from abliteration import header, save  # noqa: E402
+from abliteration import header, save, timed  # noqa: E402
 
 
 def cpu_flags() -> str:
@@ -37,12 +37,6 @@ def cpu_flags() -> str:
         return "unknown (no /proc/cpuinfo)"
     found = sorted(f for f in flags if "bf16" in f or f.startswith("amx"))
     return ", ".join(found) or "none"
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def main() -> None:
@@ -87,22 +81,17 @@ def main() -> None:
     floor = metrics["float32"].kl(b16, ["kl_answer"])["kl_answer"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
-    plans: list[tuple[str, list | None]] = [("base", None)]
-    for k in range(args.trials):
-        params = suggest(study.ask(), f32.n_layers)
-        plans.append((f"edit {k}", params))
+    settings = [("base", None)]  # (label, Heretic's parameters; None: no edit)
+    settings += [(f"edit {k}", suggest(study.ask(), f32.n_layers)) for k in range(args.trials)]
     rows = []
-    for label, params in plans:
+    for label, params in settings:
         row = dict(edit=label)
         for name, m in models.items():
             plan = [] if params is None else heretic_plan(m, dirs, params)
             with edited(m, plan):
-                counter = metrics[name].counter
-                verdicts, t_count = timed(lambda m=m, c=counter: c.verdicts(m))
-                kl, t_kl = timed(
-                    lambda m=m, name=name: metrics[name].kl(m, ["kl_answer"])["kl_answer"]
-                )
-            row[name] = dict(verdicts=verdicts, kl=kl, count_s=t_count, kl_s=t_kl)
+                verdicts, t_count, _ = timed(metrics[name].counter.verdicts, m)
+                kl, t_kl, _ = timed(metrics[name].kl, m, ["kl_answer"])
+            row[name] = dict(verdicts=verdicts, kl=kl["kl_answer"], count_s=t_count, kl_s=t_kl)
         rows.append(row)
 
     n = args.n_prompts
